@@ -1,0 +1,3 @@
+"""crdt-merge-driver: merge AI agents' memory files inside git as a CRDT."""
+
+__version__ = "0.1.0"

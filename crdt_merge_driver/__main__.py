@@ -1,0 +1,3 @@
+from crdt_merge_driver.cli import main
+
+raise SystemExit(main())

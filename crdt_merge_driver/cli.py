@@ -1,0 +1,231 @@
+"""The command line: parse arguments, call the library, map errors to exit codes.
+
+This is the only module that knows about argparse, and `main` is the one
+place where an error becomes an exit code. Subcommands import their module
+when they run, so the merge driver (run by git for every merged file) pays
+only for what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from crdt_merge_driver import __version__
+from crdt_merge_driver.errors import CrdtError, ExitCode
+
+PROGRAM = "crdt-merge-driver"
+DRIVER_NAME = "crdt-memory"
+
+# Subcommands import their modules lazily; ruff's PLC0415 is off in this file
+# for that reason (see pyproject.toml).
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CrdtError as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return int(error.exit_code)
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        # git treats a driver's exit above 128 as a failed merge, not a conflict.
+        return int(ExitCode.CONFLICT if args.command == "merge" else ExitCode.INTERRUPTED)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.driver import run_driver
+
+    return int(
+        run_driver(
+            base=Path(args.base),
+            ours=Path(args.ours),
+            theirs=Path(args.theirs),
+            path=args.path or "",
+            marker_size=args.marker_size,
+        )
+    )
+
+
+def _join(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.joiner import join_files
+
+    join_files(
+        inputs=[Path(name) for name in args.files],
+        output=Path(args.output) if args.output else None,
+        format_name=args.format,
+    )
+    return ExitCode.OK
+
+
+def _install(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.install import install
+
+    for line in install(
+        repo=_repo(args), scope_global=args.scope_global, patterns=args.pattern, name=args.name
+    ):
+        print(line)
+    return ExitCode.OK
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.install import uninstall
+
+    for line in uninstall(repo=_repo(args), scope_global=args.scope_global, name=args.name):
+        print(line)
+    return ExitCode.OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.install import doctor
+
+    diagnosis = doctor(repo=_repo(args), name=args.name)
+    for line in diagnosis.lines:
+        print(line)
+    return ExitCode.OK if diagnosis.healthy else ExitCode.NOT_CONFIGURED
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.sync import sync
+
+    sync(
+        repo=_repo(args),
+        remote=args.remote,
+        branch=args.branch,
+        message=args.message,
+        paths=[Path(name) for name in args.paths],
+        attempts=args.attempts,
+        deadline=args.deadline,
+        allow_mass_delete=args.allow_mass_delete,
+    )
+    return ExitCode.OK
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.backup import backup
+
+    backup(
+        memory=Path(args.memory) if args.memory else None,
+        repo=Path(args.repo) if args.repo else None,
+        as_path=args.as_path,
+        restore=not args.no_restore,
+    )
+    return ExitCode.OK
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.backup import restore
+
+    restore(
+        memory=Path(args.memory) if args.memory else None,
+        repo=Path(args.repo) if args.repo else None,
+        as_path=args.as_path,
+    )
+    return ExitCode.OK
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.migration import migrate
+
+    migrate(repo=_repo(args), dry_run=args.dry_run)
+    return ExitCode.OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.demo import run_demo
+
+    return int(run_demo(keep=Path(args.keep) if args.keep else None))
+
+
+def _repo(args: argparse.Namespace) -> Path:
+    return Path(args.repo) if args.repo else Path.cwd()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=(
+            "Merge AI agents' memory files (MCP memory server JSONL, older JSON arrays) "
+            "inside git as a CRDT: no conflicts, nothing lost."
+        ),
+        epilog="Start with `crdt-merge-driver demo`, then `crdt-merge-driver install` in your repo.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    merge = command("merge", _merge, "the git merge driver: merge %%O and %%B into %%A")
+    merge.add_argument("base", metavar="BASE", help="the common ancestor (%%O)")
+    merge.add_argument("ours", metavar="OURS", help="the current version, overwritten (%%A)")
+    merge.add_argument("theirs", metavar="THEIRS", help="the other version (%%B)")
+    merge.add_argument("path", metavar="PATH", nargs="?", help="the path in the repo (%%P)")
+    merge.add_argument("--marker-size", type=int, default=7, help="%%L, for the kill-switch")
+
+    join = command("join", _join, "merge memory files that share no ancestor into one")
+    join.add_argument("files", metavar="FILE", nargs="+", help="memory files (JSONL or JSON arrays)")
+    join.add_argument("-o", "--output", metavar="OUT", help="write here (default: stdout)")
+    join.add_argument(
+        "--format", choices=("jsonl", "array"),
+        help="output format (default: from OUT's extension, else what the inputs share, else jsonl)",
+    )  # fmt: skip
+
+    for name, handler, summary in (
+        ("install", _install, "register the driver in git config and .gitattributes"),
+        ("uninstall", _uninstall, "remove exactly what install added"),
+    ):
+        sub = command(name, handler, summary)
+        sub.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
+        sub.add_argument("--global", dest="scope_global", action="store_true",
+                         help="use the global git config (and its attributes file)")  # fmt: skip
+        sub.add_argument("--name", default=DRIVER_NAME, help=f"driver name (default {DRIVER_NAME})")
+        if name == "install":
+            sub.add_argument("--pattern", action="append", metavar="GLOB",
+                             help="files to attach the driver to (repeatable; default: memory files)")  # fmt: skip
+
+    doctor = command("doctor", _doctor, "check that the driver is configured and attached")
+    doctor.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
+    doctor.add_argument("--name", default=DRIVER_NAME, help=f"driver name (default {DRIVER_NAME})")
+
+    sync = command("sync", _sync, "commit memory files, then fetch, rebase and push until it lands")
+    sync.add_argument("paths", metavar="PATH", nargs="*", help="files to commit (default: changed memory files)")
+    sync.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
+    sync.add_argument("--remote", default="origin", help="remote to push to (default origin)")
+    sync.add_argument("--branch", help="remote branch (default: the current branch)")
+    sync.add_argument("-m", "--message", help="commit message")
+    sync.add_argument("--attempts", type=int, default=30, help="give up after N attempts (default 30)")
+    sync.add_argument("--deadline", type=float, default=300.0,
+                      help="give up after this many seconds (default 300)")  # fmt: skip
+    sync.add_argument("--allow-mass-delete", action="store_true",
+                      help="push even if it deletes more than half of the remote's records")  # fmt: skip
+
+    for name, handler, summary in (
+        ("backup", _backup, "back up a live memory file and bring back what other machines learned"),
+        ("restore", _restore, "write the repository's merged memory into the live file"),
+    ):
+        sub = command(name, handler, summary)
+        sub.add_argument("--memory", metavar="FILE",
+                         help="the live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE)")  # fmt: skip
+        sub.add_argument("--repo", metavar="DIR", help="the clone (default $REPO_DIR, else this folder)")
+        sub.add_argument("--as", dest="as_path", metavar="PATH_IN_REPO",
+                         help="the file in the repo (default memory.jsonl)")  # fmt: skip
+        if name == "backup":
+            sub.add_argument("--no-restore", action="store_true",
+                             help="do not write the merged memory back into the live file")  # fmt: skip
+
+    migrate = command("migrate", _migrate, "fold older per-host JSON files into one memory.jsonl")
+    migrate.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
+    migrate.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+
+    demo = command("demo", _demo, "run three machines against one remote, end to end, and check")
+    demo.add_argument("--keep", metavar="DIR", help="build the demo here and keep it")
+    return parser

@@ -1,0 +1,53 @@
+"""``crdt-merge-driver join``: files that share no ancestor, merged into one."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crdt_merge_driver.atomic import write_atomic
+from crdt_merge_driver.codec import ARRAY, JSONL, Document, Style, agreed_style, parse, render
+from crdt_merge_driver.errors import CrdtError, InputError
+from crdt_merge_driver.merge import Merged, join
+
+
+def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str | None) -> Merged:
+    """Join ``inputs``; write to ``output`` (atomically) or to stdout."""
+    documents = [_read(path) for path in inputs]
+    style = agreed_style(document.style for document in documents)
+    wanted = format_name or _format_of(output) or style.format or JSONL
+    if wanted != style.format:
+        style = Style(wanted, style.newline, None, None)
+    merged = join(documents, style=style)
+    data = render(merged.records, merged.style)
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(output, data)
+    print(
+        f"crdt-merge-driver: joined {len(inputs)} files into {output or 'stdout'}: "
+        f"{merged.report.kept} records",
+        file=sys.stderr,
+    )
+    for decision in merged.report.decisions:
+        print(f"crdt-merge-driver: {decision.explain()}", file=sys.stderr)
+    return merged
+
+
+def _read(path: Path) -> Document:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CrdtError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        return parse(data)
+    except InputError as error:
+        raise error.located(str(path)) from None
+
+
+def _format_of(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    return {".jsonl": JSONL, ".json": ARRAY}.get(path.suffix)

@@ -1,0 +1,118 @@
+"""What a memory record is: its identity and its canonical bytes.
+
+Identity decides which lines of two files are "the same record":
+
+* an entity (``"type": "entity"``) is its ``name``, as the memory server sees it;
+* a relation (``"type": "relation"``) is ``(from, relationType, to)``;
+* any other record is its ``id``, else its ``name`` with its ``type``, else
+  ``_crdt_metadata.unique_id`` (the older backup scripts), else its whole
+  canonical content.
+
+The key's Python type tells its kind (``str`` entity, ``tuple`` relation,
+``bytes`` other), which is also the order records are written in: entities
+first, then relations, as the server writes them, then the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import orjson
+
+from crdt_merge_driver.errors import InputError
+
+Key: TypeAlias = str | tuple[str, str, str] | bytes
+Record: TypeAlias = dict[str, Any]
+
+# The memory server writes these fields in this order; canonical bytes keep it
+# so that a record the server wrote is already canonical.
+_SERVER_ORDER = ("type", "name", "from", "to", "relationType", "entityType", "observations")
+_SERVER_FIELDS = frozenset(_SERVER_ORDER)
+
+
+def identify(value: object) -> Key:
+    """The identity of one parsed record; raises `InputError` on a wrong shape."""
+    if type(value) is not dict:
+        raise InputError(f"expected a JSON object, found {_json_type(value)}")
+    kind = value.get("type")
+    if kind == "entity":
+        name = value.get("name")
+        if type(name) is not str:
+            raise InputError("an entity needs a string \"name\"")
+        observations = value.get("observations", [])
+        if type(observations) is not list:
+            raise InputError(f"entity {name!r}: \"observations\" must be a list")
+        return name
+    if kind == "relation":
+        ends = (value.get("from"), value.get("relationType"), value.get("to"))
+        if not all(type(end) is str for end in ends):
+            raise InputError('a relation needs string "from", "to" and "relationType"')
+        return ends  # type: ignore[return-value]  # checked just above
+    return _identify_other(value)
+
+
+def _identify_other(value: Record) -> bytes:
+    if "id" in value:
+        return b"id:" + _dumps_sorted(value["id"])
+    if "name" in value:
+        return b"name:" + _dumps_sorted([value.get("type"), value["name"]])
+    meta = value.get("_crdt_metadata")
+    if type(meta) is dict and "unique_id" in meta:
+        return b"uid:" + _dumps_sorted(meta["unique_id"])
+    return b"content:" + encode(value)
+
+
+def encode(value: Record) -> bytes:
+    """Canonical compact bytes of a record.
+
+    The server's fields come first in the server's order, every other field
+    after them sorted by name, and nested objects with sorted keys: equal
+    records give equal bytes whatever order their fields were read in.
+    """
+    items = [(name, value[name]) for name in _SERVER_ORDER if name in value]
+    items += sorted((name, field) for name, field in value.items() if name not in _SERVER_FIELDS)
+    return b"{" + b",".join(orjson.dumps(name) + b":" + _dumps_sorted(field) for name, field in items) + b"}"
+
+
+def decode(raw: bytes) -> Record:
+    """The record behind bytes that `identify` already accepted."""
+    value: Record = orjson.loads(raw)
+    return value
+
+
+def describe(key: Key) -> str:
+    """A short human name for a record, for log lines."""
+    if type(key) is str:
+        return f"entity {orjson.dumps(key).decode()}"
+    if type(key) is tuple:
+        source, relation_type, target = key
+        return f"relation {source!r} -{relation_type}-> {target!r}"
+    assert type(key) is bytes
+    text = key.decode("utf-8", "replace")
+    tag, _, rest = text.partition(":")
+    return f"record {tag} {rest[:80]}"
+
+
+def sort_key(key: Key) -> tuple[int, Key]:
+    """Order of records that the ancestor does not fix: kind, then identity."""
+    if type(key) is str:
+        return (0, key)
+    if type(key) is tuple:
+        return (1, key)
+    return (2, key)
+
+
+def _dumps_sorted(value: object) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
