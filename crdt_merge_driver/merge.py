@@ -118,6 +118,18 @@ def merge_bytes(
     return render(merged.records, merged.style), merged.report
 
 
+def join_bytes(inputs: Sequence[bytes], *, style: Style | None = None) -> tuple[bytes, Report]:
+    """Join memory files that share no ancestor; raises `InputError` naming the input."""
+    documents = []
+    for number, data in enumerate(inputs, 1):
+        try:
+            documents.append(parse(data))
+        except InputError as error:
+            raise error.located(f"input {number}") from None
+    merged = join(documents, style=style)
+    return render(merged.records, merged.style), merged.report
+
+
 def merge(base: Document, ours: Document, theirs: Document) -> Merged:
     """The 3-way merge of two documents against their common ancestor."""
     merger = _Merger()
