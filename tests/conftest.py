@@ -81,3 +81,15 @@ def machines(tmp_path: Path, remote: Path) -> tuple[Path, Path]:
     second = gitrepo.clone(remote, tmp_path / "server")
     gitrepo.install(second)
     return first, second
+
+
+# --- the real MCP memory server (npm ci installs it; see tests/memory_server.py) ---
+
+from tests.memory_server import ServerFactory, server_pool  # noqa: E402  # appended section
+
+
+@pytest.fixture
+def memory_server_factory() -> Iterator[ServerFactory]:
+    """``start(path)`` runs a real memory server over ``path``; all are closed after the test."""
+    with server_pool() as start:
+        yield start
