@@ -100,6 +100,61 @@ def merge_file(
     return result.returncode
 
 
+# --- install, uninstall, doctor -------------------------------------------------
+
+
+def find_toplevel(cwd: Path) -> Path | None:
+    """The top of the work tree containing ``cwd``; None outside one (or in a bare repo)."""
+    result = run("rev-parse", "--show-toplevel", cwd=cwd, check=False)
+    if result.returncode != 0:
+        return None
+    return Path(result.stdout.decode("utf-8", "surrogateescape").rstrip("\n"))
+
+
+def find_common_dir(cwd: Path) -> Path:
+    """The repository's common git folder, shared by all its worktrees (holds ``config``)."""
+    return Path(output("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=cwd))
+
+
+def read_config(key: str, *, cwd: Path, scope: str | None = None, path: bool = False) -> str | None:
+    """The value of ``key`` in ``scope`` (``--local``...), else the effective one; None if unset."""
+    args = ["config", *([scope] if scope else []), *(["--type=path"] if path else []), "--get", key]
+    result = run(*args, cwd=cwd, check=False)
+    if result.returncode == 1:  # git's "key not set"; other failures are real errors
+        return None
+    if result.returncode != 0:
+        run(*args, cwd=cwd)  # raises with git's words
+    return result.stdout.decode("utf-8", "surrogateescape").rstrip("\n")
+
+
+def write_config(key: str, value: str, *, cwd: Path, scope: str) -> None:
+    run("config", scope, key, value, cwd=cwd)
+
+
+def unset_config(key: str, *, cwd: Path, scope: str) -> None:
+    """Remove ``key``; git also drops its section header once the section is empty."""
+    result = run("config", scope, "--unset-all", key, cwd=cwd, check=False)
+    if result.returncode not in (0, 5):  # 5: the key was not there, which is what we want
+        run("config", scope, "--unset-all", key, cwd=cwd)
+
+
+def list_files(cwd: Path) -> list[str]:
+    """Tracked paths, relative to the top of the work tree."""
+    data = run("ls-files", "-z", "--full-name", cwd=cwd).stdout
+    return [name.decode("utf-8", "surrogateescape") for name in data.split(b"\0") if name]
+
+
+def check_attribute(attribute: str, paths: Sequence[str], *, cwd: Path) -> dict[str, str]:
+    """``attribute``'s value for each path (``unspecified``, ``set``, ``unset`` or a value)."""
+    if not paths:
+        return {}
+    feed = b"".join(path.encode("utf-8", "surrogateescape") + b"\0" for path in paths)
+    data = run("check-attr", "-z", "--stdin", attribute, cwd=cwd, stdin=feed).stdout
+    fields = [field.decode("utf-8", "surrogateescape") for field in data.split(b"\0")]
+    # -z output is path NUL attribute NUL value NUL, repeated.
+    return {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}
+
+
 def _show(argv: Sequence[str]) -> str:
     return " ".join(argv)
 
