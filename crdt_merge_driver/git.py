@@ -10,6 +10,7 @@ aimed at another repository; messages are in English so they can be read.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ _REPOSITORY_VARIABLES = (
     "GIT_COMMON_DIR",
     "GIT_NAMESPACE",
 )
+# What rev-parse says in a folder that is not in a repository, or in a bare one.
+_OUTSIDE_WORK_TREE = re.compile(r"not a git repository|must be run in a work tree")
 
 
 class Result(NamedTuple):
@@ -105,9 +108,11 @@ def merge_file(
 
 def find_toplevel(cwd: Path) -> Path | None:
     """The top of the work tree containing ``cwd``; None outside one (or in a bare repo)."""
-    result = run("rev-parse", "--show-toplevel", cwd=cwd, check=False)
-    if result.returncode != 0:
+    args = ("rev-parse", "--show-toplevel")
+    result = run(*args, cwd=cwd, check=False)
+    if result.returncode != 0 and _OUTSIDE_WORK_TREE.search(result.stderr):
         return None
+    _check(args, result)
     return Path(result.stdout.decode("utf-8", "surrogateescape").rstrip("\n"))
 
 
@@ -118,12 +123,11 @@ def find_common_dir(cwd: Path) -> Path:
 
 def read_config(key: str, *, cwd: Path, scope: str | None = None, path: bool = False) -> str | None:
     """The value of ``key`` in ``scope`` (``--local``...), else the effective one; None if unset."""
-    args = ["config", *([scope] if scope else []), *(["--type=path"] if path else []), "--get", key]
+    args = ("config", *([scope] if scope else []), *(["--type=path"] if path else []), "--get", key)
     result = run(*args, cwd=cwd, check=False)
-    if result.returncode == 1:  # git's "key not set"; other failures are real errors
+    if result.returncode == 1:  # git's "key not set"; a broken config file exits 128
         return None
-    if result.returncode != 0:
-        run(*args, cwd=cwd)  # raises with git's words
+    _check(args, result)
     return result.stdout.decode("utf-8", "surrogateescape").rstrip("\n")
 
 
@@ -133,9 +137,10 @@ def write_config(key: str, value: str, *, cwd: Path, scope: str) -> None:
 
 def unset_config(key: str, *, cwd: Path, scope: str) -> None:
     """Remove ``key``; git also drops its section header once the section is empty."""
-    result = run("config", scope, "--unset-all", key, cwd=cwd, check=False)
-    if result.returncode not in (0, 5):  # 5: the key was not there, which is what we want
-        run("config", scope, "--unset-all", key, cwd=cwd)
+    args = ("config", scope, "--unset-all", key)
+    result = run(*args, cwd=cwd, check=False)
+    if result.returncode != 5:  # 5: the key was not there, which is what we want
+        _check(args, result)
 
 
 def list_files(cwd: Path) -> list[str]:
@@ -153,6 +158,17 @@ def check_attribute(attribute: str, paths: Sequence[str], *, cwd: Path) -> dict[
     fields = [field.decode("utf-8", "surrogateescape") for field in data.split(b"\0")]
     # -z output is path NUL attribute NUL value NUL, repeated.
     return {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}
+
+
+def _check(args: Sequence[str], result: Result) -> None:
+    """Raise as `run` would have with ``check``, for calls that accept some failures first."""
+    if result.returncode != 0:
+        raise GitError(
+            f"`{_show(['git', *args])}` failed with exit code {result.returncode}: "
+            f"{_first_lines(result.stderr)}",
+            returncode=result.returncode,
+            stderr=result.stderr,
+        )
 
 
 def _show(argv: Sequence[str]) -> str:
