@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data``, keeping its mode (or ``mode`` for a new file)."""
+def write_atomic(
+    path: Path, data: bytes | Iterable[bytes | memoryview], *, mode: int | None = None
+) -> None:
+    """Replace ``path`` with ``data`` (bytes, or chunks), keeping its mode (or ``mode``)."""
     if mode is None:
         mode = _current_mode(path)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not tempfile.mkstemp: importing tempfile costs the merge driver ~2 ms a run.
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+            if isinstance(data, bytes):
+                stream.write(data)
+            else:
+                stream.writelines(data)
             stream.flush()
             os.fchmod(stream.fileno(), mode)
             os.fsync(stream.fileno())
-        os.replace(temp, path)
+        temp.replace(path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
 

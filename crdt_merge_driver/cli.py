@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
             "Merge AI agents' memory files (MCP memory server JSONL, older JSON arrays) "
             "inside git as a CRDT: no conflicts, nothing lost."
         ),
-        epilog="Start with `crdt-merge-driver demo`, then `crdt-merge-driver install` in your repo.",
+        epilog="Try `crdt-merge-driver demo`, then run `crdt-merge-driver install` in your repo.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -172,12 +172,13 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--marker-size", type=int, default=7, help="%%L, for the kill-switch")
 
     join = command("join", _join, "merge memory files that share no ancestor into one")
-    join.add_argument("files", metavar="FILE", nargs="+", help="memory files (JSONL or JSON arrays)")
+    join.add_argument("files", metavar="FILE", nargs="+", help="memory files (JSONL or arrays)")
     join.add_argument("-o", "--output", metavar="OUT", help="write here (default: stdout)")
     join.add_argument(
-        "--format", choices=("jsonl", "array"),
-        help="output format (default: from OUT's extension, else what the inputs share, else jsonl)",
-    )  # fmt: skip
+        "--format",
+        choices=("jsonl", "array"),
+        help="output format (default: OUT's extension, else the inputs' format, else jsonl)",
+    )
 
     for name, handler, summary in (
         ("install", _install, "register the driver in git config and .gitattributes"),
@@ -185,46 +186,81 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = command(name, handler, summary)
         sub.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
-        sub.add_argument("--global", dest="scope_global", action="store_true",
-                         help="use the global git config (and its attributes file)")  # fmt: skip
+        sub.add_argument(
+            "--global",
+            dest="scope_global",
+            action="store_true",
+            help="use the global git config (and its attributes file)",
+        )
         sub.add_argument("--name", default=DRIVER_NAME, help=f"driver name (default {DRIVER_NAME})")
         if name == "install":
-            sub.add_argument("--pattern", action="append", metavar="GLOB",
-                             help="files to attach the driver to (repeatable; default: memory files)")  # fmt: skip
+            sub.add_argument(
+                "--pattern",
+                action="append",
+                metavar="GLOB",
+                help="files to attach the driver to (repeatable; default: memory*.json[l])",
+            )
 
     doctor = command("doctor", _doctor, "check that the driver is configured and attached")
     doctor.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
     doctor.add_argument("--name", default=DRIVER_NAME, help=f"driver name (default {DRIVER_NAME})")
 
     sync = command("sync", _sync, "commit memory files, then fetch, rebase and push until it lands")
-    sync.add_argument("paths", metavar="PATH", nargs="*", help="files to commit (default: changed memory files)")
+    sync.add_argument(
+        "paths", metavar="PATH", nargs="*", help="files to commit (default: memory files)"
+    )
     sync.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
     sync.add_argument("--remote", default="origin", help="remote to push to (default origin)")
     sync.add_argument("--branch", help="remote branch (default: the current branch)")
     sync.add_argument("-m", "--message", help="commit message")
-    sync.add_argument("--attempts", type=int, default=30, help="give up after N attempts (default 30)")
-    sync.add_argument("--deadline", type=float, default=300.0,
-                      help="give up after this many seconds (default 300)")  # fmt: skip
-    sync.add_argument("--allow-mass-delete", action="store_true",
-                      help="push even if it deletes more than half of the remote's records")  # fmt: skip
+    sync.add_argument(
+        "--attempts", type=int, default=30, help="give up after N attempts (default 30)"
+    )
+    sync.add_argument(
+        "--deadline",
+        type=float,
+        default=300.0,
+        help="give up after this many seconds (default 300)",
+    )
+    sync.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="push even if it deletes over half of the remote's records",
+    )
 
     for name, handler, summary in (
-        ("backup", _backup, "back up a live memory file and bring back what other machines learned"),
+        (
+            "backup",
+            _backup,
+            "back up a live memory file, bring back what others learned",
+        ),
         ("restore", _restore, "write the repository's merged memory into the live file"),
     ):
         sub = command(name, handler, summary)
-        sub.add_argument("--memory", metavar="FILE",
-                         help="the live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE)")  # fmt: skip
-        sub.add_argument("--repo", metavar="DIR", help="the clone (default $REPO_DIR, else this folder)")
-        sub.add_argument("--as", dest="as_path", metavar="PATH_IN_REPO",
-                         help="the file in the repo (default memory.jsonl)")  # fmt: skip
+        sub.add_argument(
+            "--memory",
+            metavar="FILE",
+            help="live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE)",
+        )
+        sub.add_argument("--repo", metavar="DIR", help="the clone (default $REPO_DIR, else here)")
+        sub.add_argument(
+            "--as",
+            dest="as_path",
+            metavar="PATH_IN_REPO",
+            help="the file in the repo (default memory.jsonl)",
+        )
         if name == "backup":
-            sub.add_argument("--no-restore", action="store_true",
-                             help="do not write the merged memory back into the live file")  # fmt: skip
+            sub.add_argument(
+                "--no-restore",
+                action="store_true",
+                help="do not write the merged memory back to the live file",
+            )
 
     migrate = command("migrate", _migrate, "fold older per-host JSON files into one memory.jsonl")
     migrate.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")
-    migrate.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="say what would change; change nothing"
+    )
 
     demo = command("demo", _demo, "run three machines against one remote, end to end, and check")
     demo.add_argument("--keep", metavar="DIR", help="build the demo here and keep it")

@@ -3,13 +3,13 @@
 A stamp says when and where a record's scalar fields (``entityType`` and any
 field other than its identity and its observations) were last written::
 
-    "_crdt": {"time": "2026-11-26T04:12:00.123456Z", "count": 0, "host": "laptop-1"}
+    "_crdt": {"time": "2026-11-26T04:12:00.123456Z", "counter": 0, "host": "laptop-1"}
 
-Stamps order as ``(time, count, host)``. The clock never runs backwards: a
+Stamps order as ``(time, counter, host)``. The clock never runs backwards: a
 machine takes the later of its wall clock and every stamp it has seen, so an
 edit made after seeing another machine's edit is stamped later even when the
 wall clock is hours behind. The older backup scripts' ``_crdt_metadata``
-(``timestamp``, ``host``) orders the same way, with count 0.
+(``timestamp``, ``host``) orders the same way, with counter 0.
 
 Stamps only break ties between concurrent scalar edits; the merge is correct
 without them, and the memory server drops them from its live file.
@@ -22,18 +22,18 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Stamp(NamedTuple):
     micros: int  # microseconds since the epoch, UTC
-    count: int
+    counter: int
     host: str
 
     def to_json(self) -> dict[str, Any]:
         moment = _EPOCH + timedelta(microseconds=self.micros)
-        return {"time": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "count": self.count, "host": self.host}
+        time_text = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return {"time": time_text, "counter": self.counter, "host": self.host}
 
 
 def stamp_of(record: dict[str, Any]) -> Stamp | None:
@@ -41,9 +41,9 @@ def stamp_of(record: dict[str, Any]) -> Stamp | None:
     meta = record.get("_crdt")
     if type(meta) is dict:
         micros = _micros(meta.get("time"))
-        count = meta.get("count", 0)
-        if micros is not None and type(count) is int:
-            return Stamp(micros, count, _host(meta))
+        counter = meta.get("counter", 0)
+        if micros is not None and type(counter) is int:
+            return Stamp(micros, counter, _host(meta))
     meta = record.get("_crdt_metadata")
     if type(meta) is dict:
         micros = _micros(meta.get("timestamp"))
@@ -58,12 +58,12 @@ def _host(meta: dict[str, Any]) -> str:
 
 
 def _micros(moment: object) -> int | None:
-    if type(moment) in (int, float):
-        return int(moment * 1_000_000)  # type: ignore[operator]  # an epoch number
-    if type(moment) is not str:
+    if isinstance(moment, int | float) and not isinstance(moment, bool):
+        return int(moment * 1_000_000)  # seconds since the epoch
+    if not isinstance(moment, str):
         return None
     try:
-        parsed = datetime.fromisoformat(moment)  # type: ignore[arg-type]
+        parsed = datetime.fromisoformat(moment)
     except ValueError:
         return None
     if parsed.tzinfo is None:
@@ -83,8 +83,8 @@ class HybridClock:
     def observe(self, stamps: Iterable[Stamp]) -> None:
         """Move past every stamp seen elsewhere (the receive rule of a hybrid clock)."""
         for stamp in stamps:
-            if (stamp.micros, stamp.count) > (self._last.micros, self._last.count):
-                self._last = Stamp(stamp.micros, stamp.count, self.host)
+            if (stamp.micros, stamp.counter) > (self._last.micros, self._last.counter):
+                self._last = Stamp(stamp.micros, stamp.counter, self.host)
 
     def now(self) -> Stamp:
         """A stamp later than every stamp issued or observed before."""
@@ -92,5 +92,5 @@ class HybridClock:
         if wall > self._last.micros:
             self._last = Stamp(wall, 0, self.host)
         else:
-            self._last = Stamp(self._last.micros, self._last.count + 1, self.host)
+            self._last = Stamp(self._last.micros, self._last.counter + 1, self.host)
         return self._last

@@ -1,32 +1,49 @@
-"""Memory files as bytes: parse them into records, render records back.
+"""Memory files as bytes: the ancestor indexed, each side read against it.
 
 Git hands the driver temp files with no extension, so the format comes from
 the content: a file whose first non-blank byte is ``[`` is a JSON array of
 records, anything else is JSONL (one record a line, as the memory server
 writes it), and an empty file is an empty memory.
 
-A JSONL record is kept as the exact bytes of its line. Lines are compared as
-bytes and only parsed where they differ, and a record nobody changed is
-written back as it was read.
+Speed comes from how little is parsed. The ancestor is indexed once (line
+spans and identities; a line in the server's own entity layout yields its
+name without a full parse). Each side is then walked in step with the
+ancestor: a line byte-identical to the ancestor line it lines up with is
+only flagged ``same``; only the lines a side changed or added are parsed.
+A line that every version shares is carried over byte for byte without being
+parsed at all, so it is not validated again either (see docs/merge-rules.md).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+import mmap
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from typing import NamedTuple, TypeAlias, TypeVar
 
 import orjson
 
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, identify
 
+Buffer: TypeAlias = bytes | mmap.mmap
+_T = TypeVar("_T")
+
 JSONL = "jsonl"
 ARRAY = "array"
 
 _CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>", b"|||||||")
-# Lines are split a slice at a time so that a large file is not held twice.
-_SLICE = 1 << 22
+# The memory server writes every entity line with this prefix (JSON.stringify of
+# {type, name, entityType, observations}) and ending in "]}".
+_ENTITY_PREFIX = b'{"type":"entity","name":"'
+_NAME_START = len(_ENTITY_PREFIX)
+_SHORTEST_ENTITY = len(b'{"type":"entity","name":"","entityType":"","observations":[]}')
+
+
+_LINE_ENDS = b"\r\n"
+_MAX_STRIDE = 1024
+_ONES = b"\x01" * _MAX_STRIDE
 
 
 class Style(NamedTuple):
@@ -39,94 +56,314 @@ class Style(NamedTuple):
 
 
 class Document:
-    """The records of one file, keyed by identity, in file order.
+    """A file indexed record by record: the ancestor of a merge.
 
-    ``records`` holds each identity's first line; ``duplicates`` the later
-    lines of the same identity, as ``merge=union`` or a hand merge leaves them.
+    Record ``i`` has identity ``keys[i]`` and kind ``kinds[i]`` (0 entity,
+    1 relation, 2 other). ``index`` maps an identity to its first record;
+    ``repeated`` holds identities that occur more than once.
     """
 
-    __slots__ = ("_by_raw", "duplicates", "records", "style")
+    __slots__ = (
+        "_data",
+        "_ends",
+        "_raws",
+        "_starts",
+        "index",
+        "keys",
+        "kinds",
+        "repeated",
+        "style",
+    )
 
-    def __init__(
-        self, style: Style, records: dict[Key, bytes], duplicates: dict[Key, list[bytes]]
-    ) -> None:
+    def __init__(self, style: Style) -> None:
         self.style = style
-        self.records = records
-        self.duplicates = duplicates
-        self._by_raw: dict[bytes, Key] | None = None
+        self.keys: list[Key] = []
+        self.kinds = bytearray()
+        self.index: dict[Key, int] = {}
+        self.repeated: set[Key] = set()
+        self._data: Buffer = b""
+        self._starts = array("q")
+        self._ends = array("q")
+        self._raws: list[bytes] | None = None
 
-    def by_raw(self) -> dict[bytes, Key]:
-        """Identity of each record's bytes, built once, to parse a side against this base."""
-        if self._by_raw is None:
-            self._by_raw = {raw: key for key, raw in self.records.items()}
-        return self._by_raw
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def raw(self, i: int) -> bytes:
+        """The bytes of record ``i`` (a JSONL line without its line break)."""
+        if self._raws is not None:
+            return self._raws[i]
+        return self._data[self._starts[i] : self._ends[i]]
+
+    def positions(self, key: Key) -> list[int]:
+        """Every record that has identity ``key`` (one, unless the file repeats it)."""
+        first = self.index.get(key)
+        if first is None:
+            return []
+        if key not in self.repeated:
+            return [first]
+        return [i for i in range(first, len(self.keys)) if self.keys[i] == key]
+
+    def block(self, start: int, stop: int, newline: bytes) -> memoryview | None:
+        """Records ``start..stop-1`` as one slice of the file, if the file holds them so.
+
+        True for JSONL whose line breaks are ``newline``: the slice then
+        carries its own line breaks, and nothing is copied.
+        """
+        if self._raws is not None or newline != self.style.newline:
+            return None
+        return memoryview(self._data)[self._starts[start] : self._ends[stop - 1]]
+
+    def line_number(self, i: int) -> int:
+        """The 1-based line of record ``i`` (for error messages only)."""
+        if self._raws is not None:
+            return i + 1
+        return _line_at(self._data, self._starts[i])
+
+    def _add(self, key: Key, kind: int) -> None:
+        number = len(self.keys)
+        self.keys.append(key)
+        self.kinds.append(kind)
+        if self.index.setdefault(key, number) != number:
+            self.repeated.add(key)
 
 
-EMPTY = Document(Style(), {}, {})
+class Side:
+    """One side of a merge, as it differs from the ancestor.
 
-
-def parse(data: bytes, *, base: Document | None = None) -> Document:
-    """Parse a memory file; raises `InputError` naming the bad line.
-
-    With ``base``, a line identical to one of the base's is known without
-    parsing it again, and shares the base's bytes object.
+    ``same[i]`` is 1 where the side holds ancestor record ``i`` byte for
+    byte. ``changed`` holds every other record of the side (edited, added,
+    moved) by identity; ``extra`` the further versions of an identity the
+    side holds more than once (what ``merge=union`` leaves behind).
     """
+
+    __slots__ = ("changed", "extra", "same", "style")
+
+    def __init__(self, style: Style, size: int) -> None:
+        self.style = style
+        self.same = bytearray(size)
+        self.changed: dict[Key, bytes] = {}
+        self.extra: dict[Key, list[bytes]] = {}
+
+    def keep(self, key: Key, raw: bytes) -> None:
+        held = self.changed.setdefault(key, raw)
+        if held is not raw:
+            self.extra.setdefault(key, []).append(raw)
+
+    def versions(self, key: Key, base: Document) -> list[bytes]:
+        """Every version of ``key`` this side holds (several only in a damaged file)."""
+        found = [base.raw(i) for i in base.positions(key) if self.same[i]]
+        if key in self.changed:
+            found.append(self.changed[key])
+        found.extend(self.extra.get(key, ()))
+        return found
+
+
+EMPTY = Document(Style())
+
+
+def parse(data: Buffer) -> Document:
+    """Index a whole memory file; raises `InputError` naming the bad line."""
     start = _first_content(data)
     if start == len(data):
         return EMPTY
     if data[start] == 0x5B:  # "["
-        return _parse_array(data)
-    return _parse_jsonl(data, base or EMPTY)
+        return _index_array(data)
+    return _index_jsonl(data)
 
 
-def _first_content(data: bytes) -> int:
-    if not data[:1].isspace():
-        return 0
-    return len(data) - len(data.lstrip())
+def diff(base: Document, data: Buffer) -> Side:
+    """Read one side against its ancestor; raises `InputError` naming the bad line."""
+    start = _first_content(data)
+    if start == len(data):
+        return Side(Style(), len(base))
+    if data[start] == 0x5B:  # "["
+        return _against(base, _index_array(data))
+    if base.style.format != JSONL:
+        return _against(base, _index_jsonl(data, strict=True))
+    return _walk(base, data)
 
 
-def _parse_jsonl(data: bytes, base: Document) -> Document:
+def _first_content(data: Buffer) -> int:
+    size = len(data)
+    position = 0
+    while position < size and data[position] in b" \t\r\n":
+        position += 1
+    return position
+
+
+def _newline_of(data: Buffer) -> bytes:
     first_break = data.find(b"\n")
-    crlf = first_break > 0 and data[first_break - 1] == 0x0D
-    if crlf:
-        data = data.replace(b"\r\n", b"\n")
-    style = Style(JSONL, b"\r\n" if crlf else b"\n", data.endswith(b"\n"), None)
+    return b"\r\n" if first_break > 0 and data[first_break - 1] == 0x0D else b"\n"
 
-    records: dict[Key, bytes] = {}
-    duplicates: dict[Key, list[bytes]] = {}
-    known = base.by_raw() if base.records else {}
-    base_records = base.records
-    loads = orjson.loads
-    keep = records.setdefault
-    for number, line in enumerate(_lines(data), 1):
-        key = known.get(line)
+
+def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
+    """Index JSONL; ``strict`` parses every line instead of reading server entities by prefix."""
+    newline = _newline_of(data)
+    crlf = newline == b"\r\n"
+    size = len(data)
+    document = Document(Style(JSONL, newline, data[size - 1] == 0x0A, None))
+    document._data = data
+    # The hot loop of the driver: one pass over every ancestor line, so names
+    # are bound locally and the server's entity layout is read without parsing.
+    find, prefix = data.find, _ENTITY_PREFIX
+    add_start, add_end = document._starts.append, document._ends.append
+    add_key, add_kind = document.keys.append, document.kinds.append
+    first_of, repeated = document.index.setdefault, document.repeated
+    position = count = 0
+    while position < size:
+        stop = find(b"\n", position)
+        if stop < 0:
+            stop = size
+        end = stop - 1 if crlf and stop > position and data[stop - 1] == 0x0D else stop
+        key: Key | None = None
+        name_start = position + _NAME_START
+        if (
+            not strict
+            and end - position >= _SHORTEST_ENTITY
+            and data[end - 1] == 0x7D  # "}"
+            and data[end - 2] == 0x5D  # "]"
+            and find(prefix, position, name_start) == position
+        ):
+            name_end = find(b'"', name_start, end)
+            if name_end > 0 and find(b"\\", name_start, name_end) < 0:
+                try:
+                    key = data[name_start:name_end].decode("utf-8")
+                except UnicodeDecodeError:
+                    key = None
         if key is not None:
-            line = base_records[key]  # noqa: PLW2901  # share the base's bytes
+            kind = 0
         else:
-            try:
-                value = loads(line)
-            except orjson.JSONDecodeError:
-                if line.isspace() or not line:
-                    continue
-                raise _bad_line(line, number) from None
-            try:
-                key = identify(value)
-            except InputError as error:
-                raise InputError(error.reason, line=number) from None
-        kept = keep(key, line)
-        if kept is not line:
-            duplicates.setdefault(key, []).append(line)
-    return Document(style, records, duplicates)
+            parsed = _parse_line(data[position:end], partial(_line_at, data, position))
+            if parsed is None:
+                position = stop + 1
+                continue
+            key, kind = parsed
+        add_start(position)
+        add_end(end)
+        add_key(key)
+        add_kind(kind)
+        if first_of(key, count) != count:
+            repeated.add(key)
+        count += 1
+        position = stop + 1
+    return document
 
 
-def _lines(data: bytes) -> Iterator[bytes]:
-    start, size = 0, len(data)
-    while start < size:
-        end = data.find(b"\n", start + _SLICE)
-        if end < 0:
-            end = size
-        yield from data[start:end].split(b"\n")
-        start = end + 1
+def _line_at(data: Buffer, position: int) -> int:
+    """The 1-based line number at byte ``position`` (for error messages only)."""
+    line, at = 1, 0
+    while (at := data.find(b"\n", at, position)) >= 0:
+        line, at = line + 1, at + 1
+    return line
+
+
+def _parse_line(line: bytes, number: Callable[[], int]) -> tuple[Key, int] | None:
+    """Identity and kind of one JSONL line; None for a blank line.
+
+    ``number`` gives the line's number, counted only if it is needed for an error.
+    """
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        if not line.strip():
+            return None
+        raise _bad_line(line, number()) from None
+    try:
+        key = identify(value)
+    except InputError as error:
+        raise InputError(error.reason, line=number()) from None
+    return key, _kind(key)
+
+
+def _kind(key: Key) -> int:
+    return 0 if type(key) is str else 1 if type(key) is tuple else 2
+
+
+def _walk(base: Document, data: Buffer) -> Side:
+    """A JSONL side read in step with a JSONL ancestor.
+
+    Lines usually sit where the ancestor had them (the server edits records
+    in place and appends new ones), so the side is compared with the
+    ancestor lines it lines up with, in blocks that double while they match.
+    On a mismatch the line is parsed: if it is a later ancestor record, the
+    ancestor lines in between are missing here (deleted or moved) and the
+    walk resumes after it.
+    """
+    newline = _newline_of(data)
+    crlf = newline == b"\r\n"
+    size = len(data)
+    side = Side(Style(JSONL, newline, data[size - 1] == 0x0A, None), len(base))
+    same, keep, index = side.same, side.keep, base.index
+    base_data, base_starts, base_ends = base._data, base._starts, base._ends
+    count = len(base)
+    find = data.find
+    expected = position = 0
+    stride = 1
+    while position < size:
+        if expected < count:
+            # Try the next `stride` ancestor lines as one block; they carry
+            # their own line breaks, so equal bytes mean equal lines.
+            last = min(expected + stride, count) - 1
+            base_start, base_end = base_starts[expected], base_ends[last]
+            block_end = position + base_end - base_start
+            if data[position:block_end] == base_data[base_start:base_end] and (
+                block_end == size or data[block_end] in _LINE_ENDS
+            ):
+                same[expected : last + 1] = _ONES[: last + 1 - expected]
+                expected = last + 1
+                stop = find(b"\n", block_end)
+                position = size if stop < 0 else stop + 1
+                stride = min(stride * 2, _MAX_STRIDE)
+                continue
+            if stride > 1:
+                stride = 1
+                continue
+        stop = find(b"\n", position)
+        if stop < 0:
+            stop = size
+        end = stop - 1 if crlf and stop > position and data[stop - 1] == 0x0D else stop
+        line = data[position:end]
+        parsed = _parse_line(line, partial(_line_at, data, position))
+        position = stop + 1
+        if parsed is None:
+            continue
+        key = parsed[0]
+        found = index.get(key)
+        if found is not None and found >= expected and not same[found]:
+            expected = found + 1
+            if line == base.raw(found):
+                same[found] = 1
+                continue
+        keep(key, line)
+    _settle(side, base)
+    return side
+
+
+def _settle(side: Side, base: Document) -> None:
+    """A record kept as changed whose ancestor line the side also holds is a repeat."""
+    for key in [key for key in side.changed if key in base.index]:
+        if any(side.same[i] for i in base.positions(key)):
+            side.extra.setdefault(key, []).insert(0, side.changed.pop(key))
+
+
+def _against(base: Document, document: Document) -> Side:
+    """A side indexed on its own (another format than the ancestor) compared by identity."""
+    side = Side(document.style, len(base))
+    for i, key in enumerate(document.keys):
+        raw = document.raw(i)
+        found = base.index.get(key)
+        if (
+            found is not None
+            and not side.same[found]
+            and key not in side.changed
+            and (raw == base.raw(found))
+        ):
+            side.same[found] = 1
+        else:
+            side.keep(key, raw)
+    _settle(side, base)
+    return side
 
 
 def _bad_line(line: bytes, number: int) -> InputError:
@@ -143,29 +380,27 @@ def _bad_line(line: bytes, number: int) -> InputError:
     raise AssertionError("a line that failed to parse parsed")  # pragma: no cover
 
 
-def _parse_array(data: bytes) -> Document:
+def _index_array(data: Buffer) -> Document:
+    raw_data = bytes(data)
     try:
-        values = orjson.loads(data)
+        values = orjson.loads(raw_data)
     except orjson.JSONDecodeError as error:
-        raise _bad_document(data, error) from None
+        raise _bad_document(raw_data, error) from None
     if type(values) is not list:
         raise InputError("expected a JSON array of records", line=1)
-    crlf = b"\r\n" in data[: data.find(b"\n") + 1]
-    style = Style(ARRAY, b"\r\n" if crlf else b"\n", data.endswith(b"\n"), _indent_of(data))
-
-    records: dict[Key, bytes] = {}
-    duplicates: dict[Key, list[bytes]] = {}
-    for index, value in enumerate(values):
+    newline = _newline_of(raw_data)
+    style = Style(ARRAY, newline, raw_data.endswith(b"\n"), _indent_of(raw_data))
+    document = Document(style)
+    document._raws = raws = []
+    for position, value in enumerate(values):
         try:
             key = identify(value)
         except InputError as error:
-            line = _element_line(data, index)
-            raise InputError(f"record {index + 1}: {error.reason}", line=line) from None
-        raw = orjson.dumps(value)
-        kept = records.setdefault(key, raw)
-        if kept is not raw:
-            duplicates.setdefault(key, []).append(raw)
-    return Document(style, records, duplicates)
+            line = _element_line(raw_data, position)
+            raise InputError(f"record {position + 1}: {error.reason}", line=line) from None
+        raws.append(orjson.dumps(value))
+        document._add(key, _kind(key))
+    return document
 
 
 def _indent_of(data: bytes) -> bytes | None:
@@ -193,28 +428,57 @@ def _bad_document(data: bytes, error: orjson.JSONDecodeError) -> InputError:
     return InputError(f"not JSON ({error.msg})", line=error.lineno)
 
 
-def _element_line(data: bytes, index: int) -> int:
-    """The line where the array's element ``index`` starts (only for error messages)."""
+def _element_line(data: bytes, position: int) -> int:
+    """The line where element ``position`` of an array starts (for error messages only)."""
+    import json  # noqa: PLC0415  # only on this error path
+
     text = data.decode("utf-8")
     decoder = json.JSONDecoder()
-    position = text.index("[") + 1
-    for _ in range(index + 1):
-        while text[position] in " \t\r\n,":
-            position += 1
-        start = position
-        _, position = decoder.raw_decode(text, position)
+    offset = text.index("[") + 1
+    start = offset
+    for _ in range(position + 1):
+        while text[offset] in " \t\r\n,":
+            offset += 1
+        start = offset
+        _, offset = decoder.raw_decode(text, offset)
     return text.count("\n", 0, start) + 1
 
 
-def render(records: Iterable[bytes], style: Style) -> bytes:
-    """The bytes of a file holding ``records`` (canonical or as read) in ``style``."""
+# A piece of output: a run of ancestor records kept as they were, or one record's bytes.
+Piece: TypeAlias = "tuple[int, int] | bytes"
+
+
+def render(pieces: Iterable[Piece], base: Document, style: Style) -> Iterator[bytes | memoryview]:
+    """The output file, chunk by chunk: ``pieces`` laid out in ``style``."""
     newline = style.newline or b"\n"
     if style.format == ARRAY:
-        return _render_array(records, style, newline)
-    body = newline.join(records)
-    if body and style.final_newline:
-        body += newline
-    return body
+        yield _render_array(_records(pieces, base), style, newline)
+        return
+    first = True
+    for piece in pieces:
+        if not first:
+            yield newline
+        first = False
+        if type(piece) is bytes:
+            yield piece
+            continue
+        start, stop = piece  # a run of ancestor records
+        block = base.block(start, stop, newline)
+        if block is not None:
+            yield block
+        else:
+            yield newline.join(base.raw(i) for i in range(start, stop))
+    if not first and style.final_newline:
+        yield newline
+
+
+def _records(pieces: Iterable[Piece], base: Document) -> Iterator[bytes]:
+    for piece in pieces:
+        if type(piece) is bytes:
+            yield piece
+        else:
+            start, stop = piece
+            yield from (base.raw(i) for i in range(start, stop))
 
 
 def _render_array(records: Iterable[bytes], style: Style, newline: bytes) -> bytes:
@@ -244,14 +508,29 @@ def choose_style(base: Style, ours: Style, theirs: Style) -> Style:
     Field by field, and symmetric in ours and theirs, so that swapping the
     sides (as a rebase does) cannot change the bytes.
     """
-    return Style(*(o if o == t else b for b, o, t in zip(base, ours, theirs, strict=True)))
+    return Style(
+        _agreed(base.format, ours.format, theirs.format),
+        _agreed(base.newline, ours.newline, theirs.newline),
+        _agreed(base.final_newline, ours.final_newline, theirs.final_newline),
+        _agreed(base.indent, ours.indent, theirs.indent),
+    )
+
+
+def _agreed(base: _T, ours: _T, theirs: _T) -> _T:
+    return ours if ours == theirs else base
 
 
 def agreed_style(styles: Iterable[Style]) -> Style:
     """The layout all ``styles`` share, field by field; ``None`` where they differ."""
-    fields: list[set[object]] = [set(), set(), set(), set()]
-    for style in styles:
-        for seen, value in zip(fields, style, strict=True):
-            if value is not None:
-                seen.add(value)
-    return Style(*(next(iter(seen)) if len(seen) == 1 else None for seen in fields))
+    listed = list(styles)
+    return Style(
+        _shared([style.format for style in listed]),
+        _shared([style.newline for style in listed]),
+        _shared([style.final_newline for style in listed]),
+        _shared([style.indent for style in listed]),
+    )
+
+
+def _shared(values: list[_T | None]) -> _T | None:
+    seen = {value for value in values if value is not None}
+    return seen.pop() if len(seen) == 1 else None

@@ -12,17 +12,23 @@ so the bytes are the same either way.
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TextIO
 
 from crdt_merge_driver.atomic import write_atomic
+from crdt_merge_driver.codec import Buffer
 from crdt_merge_driver.errors import ExitCode, InputError
-from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.merge import merge_buffers
 
 KILL_SWITCH = "CRDT_MERGE_DRIVER_DISABLE"
 PROGRAM = "crdt-merge-driver"
+# Files this large are mapped rather than read, so the ancestor's unchanged
+# lines go from the page cache to the output without a copy in between.
+_MAP_FROM = 1 << 20
 
 
 def run_driver(
@@ -37,21 +43,48 @@ def run_driver(
     """Merge ``base``/``ours``/``theirs`` into ``ours``; the exit code for git."""
     shown = path or str(ours)
     if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
-        return _defer_to_git(base=base, ours=ours, theirs=theirs, path=shown,
-                             marker_size=marker_size, log=log)  # fmt: skip
-    ours_bytes = ours.read_bytes()
+        return _defer_to_git(
+            base=base, ours=ours, theirs=theirs, path=shown, marker_size=marker_size, log=log
+        )
     labels = (f"{shown} (ancestor, %O)", f"{shown} (ours, %A)", f"{shown} (theirs, %B)")
-    try:
-        merged, report = merge_bytes(base.read_bytes(), ours_bytes, theirs.read_bytes(), labels=labels)
-    except InputError as error:
-        print(f"{PROGRAM}: cannot merge {error}; left for you to resolve", file=log)
-        return ExitCode.CONFLICT
-    if merged != ours_bytes:
-        write_atomic(ours, merged)
-    print(f"{PROGRAM}: merged {shown}: {report.summary()}", file=log)
-    for decision in report.decisions:
+    with ExitStack() as stack:
+        base_data, ours_data, theirs_data = (_load(name, stack) for name in (base, ours, theirs))
+        if _equal(ours_data, theirs_data):
+            print(f"{PROGRAM}: {shown}: both sides are the same", file=log)
+            return ExitCode.OK
+        try:
+            merged = merge_buffers(base_data, ours_data, theirs_data, labels=labels)
+        except InputError as error:
+            print(f"{PROGRAM}: cannot merge {error}; left for you to resolve", file=log)
+            return ExitCode.CONFLICT
+        write_atomic(ours, merged.chunks())
+    print(f"{PROGRAM}: merged {shown}: {merged.report.summary()}", file=log)
+    for decision in merged.report.decisions:
         print(f"{PROGRAM}: {shown}: {decision.explain()}", file=log)
     return ExitCode.OK
+
+
+def _load(path: Path, stack: ExitStack) -> Buffer:
+    with path.open("rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size < _MAP_FROM:
+            return stream.read()
+        mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+    stack.callback(_close_quietly, mapped)
+    return mapped
+
+
+def _close_quietly(mapped: mmap.mmap) -> None:
+    # A view may still be alive; the mapping then goes with the process.
+    with suppress(BufferError):
+        mapped.close()
+
+
+def _equal(first: Buffer, second: Buffer) -> bool:
+    if len(first) != len(second):
+        return False
+    step = 1 << 20
+    return all(first[at : at + step] == second[at : at + step] for at in range(0, len(first), step))
 
 
 def _defer_to_git(

@@ -74,10 +74,13 @@ def run(
         raise GitError(f"`{_show(argv)}` timed out after {timeout:g}s", returncode=-1) from expired
     except FileNotFoundError as missing:
         raise GitError("git is not installed or not on PATH") from missing
-    result = Result(completed.returncode, completed.stdout, completed.stderr.decode("utf-8", "replace"))
+    result = Result(
+        completed.returncode, completed.stdout, completed.stderr.decode("utf-8", "replace")
+    )
     if check and result.returncode != 0:
+        said = _first_lines(result.stderr)
         raise GitError(
-            f"`{_show(argv)}` failed with exit code {result.returncode}: {_first_lines(result.stderr)}",
+            f"`{_show(argv)}` failed with exit code {result.returncode}: {said}",
             returncode=result.returncode,
             stderr=result.stderr,
         )
@@ -95,9 +98,14 @@ def merge_file(
     """git's own text merge of three files into ``ours``; the number of conflicts."""
     label_args = [arg for label in labels for arg in ("-L", label)]
     result = run(
-        "merge-file", f"--marker-size={marker_size}", *label_args,
-        str(ours), str(base), str(theirs), check=False,
-    )  # fmt: skip
+        "merge-file",
+        f"--marker-size={marker_size}",
+        *label_args,
+        str(ours),
+        str(base),
+        str(theirs),
+        check=False,
+    )
     if result.returncode > 127:  # 1..127 count conflicts; an error is 255
         raise GitError(f"git merge-file failed: {_first_lines(result.stderr)}")
     return result.returncode

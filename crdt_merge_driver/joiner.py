@@ -7,25 +7,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crdt_merge_driver.atomic import write_atomic
-from crdt_merge_driver.codec import ARRAY, JSONL, Document, Style, agreed_style, parse, render
+from crdt_merge_driver.codec import ARRAY, EMPTY, JSONL, Side, Style, agreed_style, diff
 from crdt_merge_driver.errors import CrdtError, InputError
 from crdt_merge_driver.merge import Merged, join
 
 
 def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str | None) -> Merged:
     """Join ``inputs``; write to ``output`` (atomically) or to stdout."""
-    documents = [_read(path) for path in inputs]
-    style = agreed_style(document.style for document in documents)
+    sides = [_read(path) for path in inputs]
+    style = agreed_style(side.style for side in sides)
     wanted = format_name or _format_of(output) or style.format or JSONL
     if wanted != style.format:
         style = Style(wanted, style.newline, None, None)
-    merged = join(documents, style=style)
-    data = render(merged.records, merged.style)
+    merged = join(sides, style=style)
     if output is None:
-        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.writelines(merged.chunks())
         sys.stdout.buffer.flush()
     else:
-        write_atomic(output, data)
+        write_atomic(output, merged.to_bytes())
     print(
         f"crdt-merge-driver: joined {len(inputs)} files into {output or 'stdout'}: "
         f"{merged.report.kept} records",
@@ -36,13 +35,13 @@ def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str 
     return merged
 
 
-def _read(path: Path) -> Document:
+def _read(path: Path) -> Side:
     try:
         data = path.read_bytes()
     except OSError as error:
         raise CrdtError(f"cannot read {path}: {error.strerror}") from None
     try:
-        return parse(data)
+        return diff(EMPTY, data)
     except InputError as error:
         raise error.located(str(path)) from None
 

@@ -23,24 +23,30 @@ folded into one by the same rules, against the ancestor's version.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
 from crdt_merge_driver.clock import Stamp, stamp_of
 from crdt_merge_driver.codec import (
+    EMPTY,
+    Buffer,
     Document,
+    Piece,
+    Side,
     Style,
     agreed_style,
     choose_style,
+    diff,
     parse,
     render,
 )
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.record import Key, Record, decode, describe, encode, sort_key
+from crdt_merge_driver.record import Key, Record, decode, describe, encode, identify, sort_key
+
+_T = TypeVar("_T")
 
 _UNSTAMPED = Stamp(0, 0, "")
 
@@ -68,16 +74,16 @@ def _show(value: object) -> str:
     return "(absent)" if value is None else orjson.dumps(value).decode()
 
 
-@dataclass
 class Report:
     """What a merge did, for the one log line per merged file."""
 
-    kept: int = 0
-    added: int = 0
-    changed: int = 0
-    deleted: int = 0
-    folded: int = 0
-    decisions: list[Decision] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.kept = 0
+        self.added = 0
+        self.changed = 0
+        self.deleted = 0
+        self.folded = 0
+        self.decisions: list[Decision] = []
 
     def summary(self) -> str:
         parts = [f"{self.kept} records", f"+{self.added} added", f"~{self.changed} changed"]
@@ -90,146 +96,217 @@ class Report:
 
 
 class Merged(NamedTuple):
-    records: list[bytes]
+    pieces: list[Piece]
+    base: Document
     style: Style
     report: Report
 
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        return render(self.pieces, self.base, self.style)
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+_LABELS = ("ancestor", "ours", "theirs")
+
 
 def merge_bytes(
-    base: bytes,
-    ours: bytes,
-    theirs: bytes,
-    *,
-    labels: tuple[str, str, str] = ("ancestor", "ours", "theirs"),
+    base: Buffer, ours: Buffer, theirs: Buffer, *, labels: tuple[str, str, str] = _LABELS
 ) -> tuple[bytes, Report]:
     """Merge three versions of a memory file; raises `InputError` naming the bad side."""
-    if ours == theirs:
+    if type(ours) is bytes and ours == theirs:
         return ours, Report()
-    documents = []
-    ancestor: Document | None = None
-    for data, label in zip((base, ours, theirs), labels, strict=True):
-        try:
-            document = parse(data, base=ancestor)
-        except InputError as error:
-            raise error.located(label) from None
-        ancestor = ancestor or document
-        documents.append(document)
-    merged = merge(*documents)
-    return render(merged.records, merged.style), merged.report
+    merged = merge_buffers(base, ours, theirs, labels=labels)
+    return merged.to_bytes(), merged.report
 
 
-def join_bytes(inputs: Sequence[bytes], *, style: Style | None = None) -> tuple[bytes, Report]:
+def merge_buffers(
+    base: Buffer, ours: Buffer, theirs: Buffer, *, labels: tuple[str, str, str] = _LABELS
+) -> Merged:
+    """Merge three versions of a memory file, leaving the output to be written chunk by chunk."""
+    ancestor = _read(lambda: parse(base), labels[0])
+    sides = [
+        _read(lambda data=data: diff(ancestor, data), label)  # type: ignore[misc]
+        for data, label in zip((ours, theirs), labels[1:], strict=True)
+    ]
+    return _read(lambda: merge(ancestor, sides[0], sides[1]), labels[0])
+
+
+def _read(step: Callable[[], _T], label: str) -> _T:
+    try:
+        return step()
+    except InputError as error:
+        raise error.located(label) from None
+
+
+def join_bytes(inputs: Sequence[Buffer], *, style: Style | None = None) -> tuple[bytes, Report]:
     """Join memory files that share no ancestor; raises `InputError` naming the input."""
-    documents = []
-    for number, data in enumerate(inputs, 1):
-        try:
-            documents.append(parse(data))
-        except InputError as error:
-            raise error.located(f"input {number}") from None
-    merged = join(documents, style=style)
-    return render(merged.records, merged.style), merged.report
+    sides = [
+        _read(lambda data=data: diff(EMPTY, data), f"input {number}")  # type: ignore[misc]
+        for number, data in enumerate(inputs, 1)
+    ]
+    merged = join(sides, style=style)
+    return merged.to_bytes(), merged.report
 
 
-def merge(base: Document, ours: Document, theirs: Document) -> Merged:
-    """The 3-way merge of two documents against their common ancestor."""
-    merger = _Merger()
-    report = merger.report
-    base_records = merger.fold(base, {}, set())
-    ours_records = merger.fold(ours, base.records, base.duplicates.keys())
-    theirs_records = merger.fold(theirs, base.records, base.duplicates.keys())
-
-    groups: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
-    for key, o in base_records.items():
-        a = ours_records.get(key)
-        b = theirs_records.get(key)
-        if a == b:
-            result = a
-        elif a == o:
-            result = b
-        elif b == o:
-            result = a
-        else:
-            result = merger.record(key, o, a, b)
-        if result is None:
-            report.deleted += 1
-            continue
-        if result != o:
-            report.changed += 1
-        groups[0 if type(key) is str else 1 if type(key) is tuple else 2].append(result)
-
-    added: dict[Key, bytes] = {}
-    for key, a in ours_records.items():
-        if key not in base_records:
-            b = theirs_records.get(key)
-            added[key] = a if b is None or b == a else merger.record(key, None, a, b)  # type: ignore[assignment]
-    for key, b in theirs_records.items():
-        if key not in base_records and key not in ours_records:
-            added[key] = b
-    report.added = len(added)
-    _place(added, groups)
-    records = list(chain(*groups))
-    report.kept = len(records)
-    return Merged(records, choose_style(base.style, ours.style, theirs.style), report)
+def merge(base: Document, ours: Side, theirs: Side) -> Merged:
+    """The 3-way merge of two sides against their common ancestor."""
+    merger = _Merger(base, ours, theirs)
+    pieces: list[Piece] = []
+    added = merger.added()
+    for kind in (0, 1, 2):
+        for start, stop in _runs(base.kinds, kind):
+            merger.walk(start, stop, pieces)
+        pieces.extend(added[kind])
+    merger.report.kept += sum(map(len, added))
+    style = choose_style(base.style, ours.style, theirs.style)
+    return Merged(pieces, base, style, merger.report)
 
 
-def join(documents: Sequence[Document], *, style: Style | None = None) -> Merged:
-    """The union of documents that share no ancestor (one per host, say).
+def join(sides: Sequence[Side], *, style: Style | None = None) -> Merged:
+    """The union of files that share no ancestor (one per host, say).
 
-    The same record in several documents is merged as if added on both
-    sides of a 3-way merge. Commutative, associative and idempotent.
+    The same record in several files is merged as if added on both sides of
+    a 3-way merge. Commutative, associative and idempotent.
     """
-    merger = _Merger()
+    merger = _Merger(EMPTY, Side(Style(), 0), Side(Style(), 0))
     joined: dict[Key, bytes] = {}
-    for document in documents:
-        for key, raw in _every_record(document):
+    for side in sides:
+        for key, raw in _every_record(side):
             held = joined.get(key)
-            joined[key] = raw if held is None else merger.record(key, None, held, raw)  # type: ignore[assignment]
-    groups: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
-    _place(joined, groups)
-    records = list(chain(*groups))
-    merger.report.kept = merger.report.added = len(records)
-    chosen = style if style is not None else agreed_style(d.style for d in documents)
-    return Merged(records, chosen, merger.report)
+            joined[key] = raw if held is None else merger.fold(key, None, [held, raw])
+    pieces: list[Piece] = []
+    for kind in (0, 1, 2):
+        pieces.extend(_sorted_of_kind(joined, kind))
+    merger.report.kept = merger.report.added = len(pieces)
+    chosen = style if style is not None else agreed_style(side.style for side in sides)
+    return Merged(pieces, EMPTY, chosen, merger.report)
 
 
-def _every_record(document: Document) -> Iterable[tuple[Key, bytes]]:
-    yield from document.records.items()
-    for key, extra in document.duplicates.items():
+def _every_record(side: Side) -> Iterator[tuple[Key, bytes]]:
+    yield from side.changed.items()
+    for key, extra in side.extra.items():
         for raw in extra:
             yield key, raw
 
 
-def _place(records: dict[Key, bytes], groups: tuple[list[bytes], ...]) -> None:
-    for key in sorted(records, key=sort_key):
-        groups[sort_key(key)[0]].append(records[key])
+def _sorted_of_kind(records: dict[Key, bytes], kind: int) -> list[bytes]:
+    keys = [key for key in records if sort_key(key)[0] == kind]
+    keys.sort()  # keys of one kind share one type, so they compare
+    return [records[key] for key in keys]
+
+
+def _runs(kinds: bytearray, kind: int) -> Iterator[tuple[int, int]]:
+    """The maximal runs of records of ``kind``, as ``[start, stop)``."""
+    size, position = len(kinds), 0
+    others = [other for other in (0, 1, 2) if other != kind]
+    while (start := kinds.find(kind, position)) >= 0:
+        stops = [found for other in others if (found := kinds.find(other, start)) >= 0]
+        position = min(stops, default=size)
+        yield start, position
 
 
 class _Merger:
-    def __init__(self) -> None:
+    def __init__(self, base: Document, ours: Side, theirs: Side) -> None:
         self.report = Report()
+        self.base, self.ours, self.theirs = base, ours, theirs
+        self.repeated = base.repeated | ours.extra.keys() | theirs.extra.keys()
+        size = len(base)
+        # 1 where both sides hold the ancestor's line as it was: copied, never parsed.
+        both = int.from_bytes(ours.same, "little") & int.from_bytes(theirs.same, "little")
+        self.untouched = bytearray(both.to_bytes(size, "little"))
+        for key in self.repeated:
+            for i in base.positions(key):
+                self.untouched[i] = 0
 
-    def fold(
-        self, document: Document, base: dict[Key, bytes], unsure: Iterable[Key]
-    ) -> dict[Key, bytes]:
-        """One version per identity: later lines of an identity merged into the first.
+    def walk(self, start: int, stop: int, pieces: list[Piece]) -> None:
+        """Merge ancestor records ``start..stop-1`` into ``pieces``."""
+        untouched, report = self.untouched, self.report
+        position = start
+        while position < stop:
+            changed = untouched.find(0, position, stop)
+            if changed < 0:
+                changed = stop
+            if changed > position:
+                pieces.append((position, changed))
+                report.kept += changed - position
+            if changed == stop:
+                return
+            result = self._line(changed)
+            if result is not None:
+                pieces.append(result)
+                report.kept += 1
+            position = changed + 1
 
-        Against the ancestor's version when it had exactly one (so a stale
-        copy that union brought back folds away); as a join where it had
-        none or several of its own (``unsure``).
-        """
-        if not document.duplicates:
-            return document.records
-        unsure = set(unsure)
-        records = dict(document.records)
-        for key, extra in document.duplicates.items():
-            ancestor = None if key in unsure else base.get(key)
-            held: bytes | None = records[key]
-            for raw in extra:
-                held = self.record(key, ancestor, held, raw)
-                self.report.folded += 1
-            assert held is not None  # both sides present: never a deletion
-            records[key] = held
-        return records
+    def _line(self, i: int) -> bytes | None:
+        base = self.base
+        key = base.keys[i]
+        if key in self.repeated:
+            if base.index[key] != i:
+                return None  # folded into the identity's first line
+            o, a, b = (
+                self._version(None, key),
+                self._version(self.ours, key),
+                self._version(self.theirs, key),
+            )
+        else:
+            o = base.raw(i)
+            a = o if self.ours.same[i] else self.ours.changed.get(key)
+            b = o if self.theirs.same[i] else self.theirs.changed.get(key)
+        try:
+            result = self.record(key, o, a, b)
+        except InputError as error:
+            raise InputError(error.reason, line=base.line_number(i)) from None
+        if result is None:
+            self.report.deleted += 1
+        elif result != o:
+            self.report.changed += 1
+        return result
+
+    def added(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """Records the ancestor does not have, merged, by kind, sorted by identity."""
+        index = self.base.index
+        new = {key for side in (self.ours, self.theirs) for key in side.changed if key not in index}
+        new.update(
+            key for side in (self.ours, self.theirs) for key in side.extra if key not in index
+        )
+        records: dict[Key, bytes] = {}
+        for key in new:
+            a, b = self._version(self.ours, key), self._version(self.theirs, key)
+            result = self.record(key, None, a, b)
+            assert result is not None  # present on at least one side
+            records[key] = result
+        self.report.added = len(records)
+        return (
+            _sorted_of_kind(records, 0),
+            _sorted_of_kind(records, 1),
+            _sorted_of_kind(records, 2),
+        )
+
+    def _version(self, side: Side | None, key: Key) -> bytes | None:
+        """One side's version of ``key`` (``None``: the ancestor's), repeats folded."""
+        base = self.base
+        if side is None:
+            versions = [base.raw(i) for i in base.positions(key)]
+            return self.fold(key, None, versions) if versions else None
+        versions = side.versions(key, base)
+        if not versions:
+            return None
+        ancestor = (
+            None if key in base.repeated or key not in base.index else base.raw(base.index[key])
+        )
+        return self.fold(key, ancestor, versions)
+
+    def fold(self, key: Key, ancestor: bytes | None, versions: list[bytes]) -> bytes:
+        """Several versions of one record in one file, merged into one."""
+        held = versions[0]
+        for raw in versions[1:]:
+            merged = self.record(key, ancestor, held, raw)
+            assert merged is not None  # both present: never a deletion
+            held = merged
+            self.report.folded += 1
+        return held
 
     def record(self, key: Key, o: bytes | None, a: bytes | None, b: bytes | None) -> bytes | None:
         """One record's 3-way merge; ``None`` for absent (not there, or deleted)."""
@@ -242,9 +319,9 @@ class _Merger:
                 return a
             return self._combine(key, None, a, b)
         if a is None:
-            return None if b is None or _same(b, o) else b
+            return None if b is None or _same(key, b, o) else b
         if b is None:
-            return None if _same(a, o) else a
+            return None if _same(key, a, o) else a
         if a == o:
             return b
         if b == o:
@@ -254,8 +331,8 @@ class _Merger:
     def _combine(self, key: Key, o_raw: bytes | None, a_raw: bytes, b_raw: bytes) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
         entity = type(key) is str
-        o = decode(o_raw) if o_raw is not None else None
-        a, b = decode(a_raw), decode(b_raw)
+        o = _decode(key, o_raw) if o_raw is not None else None
+        a, b = _decode(key, a_raw), _decode(key, b_raw)
         merged = dict(self._register(key, o, a, b, entity=entity))
         if entity and ("observations" in a or "observations" in b):
             merged["observations"] = _merge_sets(
@@ -284,14 +361,25 @@ class _Merger:
         return kept
 
 
+def _decode(key: Key, raw: bytes) -> Record:
+    """A record's value, checked: ancestor lines read by their prefix only are parsed here."""
+    try:
+        value = decode(raw)
+    except orjson.JSONDecodeError as error:
+        raise InputError(f"not JSON ({error.msg})") from None
+    if identify(value) != key:
+        raise InputError("a record whose identity is not what its layout suggests")
+    return value
+
+
 def _register(record: Record, *, entity: bool) -> Record:
     if not entity:
         return record
     return {name: value for name, value in record.items() if name != "observations"}
 
 
-def _same(x: bytes, y: bytes) -> bool:
-    return encode(decode(x)) == encode(decode(y))
+def _same(key: Key, x: bytes, y: bytes) -> bool:
+    return encode(_decode(key, x)) == encode(_decode(key, y))
 
 
 def _merge_sets(o: list[Any], a: list[Any], b: list[Any]) -> list[Any]:

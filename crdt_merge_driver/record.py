@@ -24,10 +24,11 @@ from crdt_merge_driver.errors import InputError
 Key: TypeAlias = str | tuple[str, str, str] | bytes
 Record: TypeAlias = dict[str, Any]
 
-# The memory server writes these fields in this order; canonical bytes keep it
-# so that a record the server wrote is already canonical.
-_SERVER_ORDER = ("type", "name", "from", "to", "relationType", "entityType", "observations")
-_SERVER_FIELDS = frozenset(_SERVER_ORDER)
+# The memory server writes its fields in this order; canonical bytes keep it so
+# that a record the server wrote is already canonical. An older record's "id"
+# leads too, and metadata ("_crdt", "_crdt_metadata") trails.
+_LEADING = ("type", "id", "name", "from", "to", "relationType", "entityType", "observations")
+_LEADING_FIELDS = frozenset(_LEADING)
 
 
 def identify(value: object) -> Key:
@@ -38,10 +39,10 @@ def identify(value: object) -> Key:
     if kind == "entity":
         name = value.get("name")
         if type(name) is not str:
-            raise InputError("an entity needs a string \"name\"")
+            raise InputError('an entity needs a string "name"')
         observations = value.get("observations", [])
         if type(observations) is not list:
-            raise InputError(f"entity {name!r}: \"observations\" must be a list")
+            raise InputError(f'entity {name!r}: "observations" must be a list')
         return name
     if kind == "relation":
         ends = (value.get("from"), value.get("relationType"), value.get("to"))
@@ -66,12 +67,19 @@ def encode(value: Record) -> bytes:
     """Canonical compact bytes of a record.
 
     The server's fields come first in the server's order, every other field
-    after them sorted by name, and nested objects with sorted keys: equal
-    records give equal bytes whatever order their fields were read in.
+    after them sorted by name (those starting with "_" last), and nested
+    objects with sorted keys: equal records give equal bytes whatever order
+    their fields were read in.
     """
-    items = [(name, value[name]) for name in _SERVER_ORDER if name in value]
-    items += sorted((name, field) for name, field in value.items() if name not in _SERVER_FIELDS)
-    return b"{" + b",".join(orjson.dumps(name) + b":" + _dumps_sorted(field) for name, field in items) + b"}"
+    items = [(name, value[name]) for name in _LEADING if name in value]
+    rest = [name for name in value if name not in _LEADING_FIELDS]
+    rest.sort(key=lambda name: (name.startswith("_"), name))
+    items += [(name, value[name]) for name in rest]
+    return (
+        b"{"
+        + b",".join(orjson.dumps(name) + b":" + _dumps_sorted(field) for name, field in items)
+        + b"}"
+    )
 
 
 def decode(raw: bytes) -> Record:
