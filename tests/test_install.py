@@ -524,3 +524,22 @@ def test_criss_cross_merge_with_the_text_merge_inside_conflicts(tmp_path: Path) 
     # The text-merged virtual ancestor has conflict markers, which the driver refuses.
     assert merged.returncode == 1
     assert "(ancestor, %O), line 2: conflict marker" in merged.stderr
+
+
+def test_kill_switch_gives_gits_text_merge_through_the_installed_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    install_here(repo)
+    gitrepo.commit_file(repo, "memory.jsonl", memory("A"))
+    gitrepo.git(repo, "checkout", "--quiet", "-b", "side")
+    gitrepo.commit_file(repo, "memory.jsonl", memory("A", "B"))
+    gitrepo.git(repo, "checkout", "--quiet", "main")
+    gitrepo.commit_file(repo, "memory.jsonl", memory("A", "C"))
+    monkeypatch.setenv("CRDT_MERGE_DRIVER_DISABLE", "1")
+
+    merged = gitrepo.git_result(repo, "merge", "--no-edit", "side")
+
+    assert merged.returncode == 1
+    assert "CRDT_MERGE_DRIVER_DISABLE is set: memory.jsonl gets git's text merge" in merged.stderr
+    assert b"<<<<<<<" in (repo / "memory.jsonl").read_bytes()
