@@ -25,6 +25,8 @@ settings.register_profile("ci", deadline=None, max_examples=300, derandomize=Tru
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 _REAL_GLOBAL_CONFIG = Path.home() / ".gitconfig"
+# Variables of the user's own setup that would point a test at real files.
+_USER_VARIABLES = ("EMAIL", "MEMORY_FILE_PATH", "MEMORY_FILE", "REPO_DIR")
 
 
 def _fingerprint(path: Path) -> str:
@@ -40,7 +42,9 @@ def _real_config_untouched() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def hermetic_seal(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hermetic_seal(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     home = tmp_path_factory.mktemp("home")
     global_config = home / ".gitconfig"
     global_config.write_text(
@@ -50,7 +54,7 @@ def hermetic_seal(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         "[protocol \"file\"]\n\tallow = always\n"
     )
     for name in list(os.environ):
-        if name.startswith("GIT_") or name in ("EMAIL", "MEMORY_FILE_PATH", "MEMORY_FILE", "REPO_DIR"):
+        if name.startswith("GIT_") or name in _USER_VARIABLES:
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
