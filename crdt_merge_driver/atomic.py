@@ -13,10 +13,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+class ChangedMeanwhile(Exception):
+    """The file no longer holds what the caller expected; it was left alone."""
+
+
 def write_atomic(
-    path: Path, data: bytes | Iterable[bytes | memoryview], *, mode: int | None = None
+    path: Path,
+    data: bytes | Iterable[bytes | memoryview],
+    *,
+    mode: int | None = None,
+    expect: bytes | None = None,
 ) -> None:
-    """Replace ``path`` with ``data`` (bytes, or chunks), keeping its mode (or ``mode``)."""
+    """Replace ``path`` with ``data`` (bytes, or chunks), keeping its mode (or ``mode``).
+
+    With ``expect``, replace it only if it still holds exactly those bytes
+    (checked after the new file is on disk, just before the rename, to keep
+    the window for a concurrent writer as small as it can be); otherwise
+    raise `ChangedMeanwhile` and leave it alone.
+    """
     if mode is None:
         mode = _current_mode(path)
     # Not tempfile.mkstemp: importing tempfile costs the merge driver ~2 ms a run.
@@ -31,11 +45,20 @@ def write_atomic(
             stream.flush()
             os.fchmod(stream.fileno(), mode)
             os.fsync(stream.fileno())
+        if expect is not None and _read_or_none(path) != expect:
+            raise ChangedMeanwhile(str(path))
         temp.replace(path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _current_mode(path: Path) -> int:

@@ -63,11 +63,10 @@ class Decision(NamedTuple):
         changes = []
         for name in sorted(self.kept.keys() | self.dropped.keys()):
             kept, dropped = self.kept.get(name), self.dropped.get(name)
-            if name != "_crdt" and kept != dropped:
+            if name not in _METADATA and kept != dropped:
                 changes.append(f"{name} {_show(kept)} over {_show(dropped)}")
-        rule = "later _crdt stamp" if self.by_stamp else "greater content, no common stamp"
-        what = "; ".join(changes) or "metadata only"
-        return f"{describe(self.key)}: edited on both sides, kept {what} ({rule})"
+        rule = "the later stamp" if self.by_stamp else "no stamps to compare: by content"
+        return f"{describe(self.key)}: edited on both sides, kept {'; '.join(changes)} ({rule})"
 
 
 def _show(value: object) -> str:
@@ -171,17 +170,27 @@ def join(sides: Sequence[Side], *, style: Style | None = None) -> Merged:
     a 3-way merge. Commutative, associative and idempotent.
     """
     merger = _Merger(EMPTY, Side(Style(), 0), Side(Style(), 0))
-    joined: dict[Key, bytes] = {}
-    for side in sides:
-        for key, raw in _every_record(side):
-            held = joined.get(key)
-            joined[key] = raw if held is None else merger.fold(key, None, [held, raw])
+    joined = _union(sides, merger)
     pieces: list[Piece] = []
     for kind in (0, 1, 2):
         pieces.extend(_sorted_of_kind(joined, kind))
     merger.report.kept = merger.report.added = len(pieces)
     chosen = style if style is not None else agreed_style(side.style for side in sides)
     return Merged(pieces, EMPTY, chosen, merger.report)
+
+
+def union(sides: Sequence[Side]) -> dict[Key, bytes]:
+    """Every record of ``sides`` by identity, first seen first; repeats merged as by `join`."""
+    return _union(sides, _Merger(EMPTY, Side(Style(), 0), Side(Style(), 0)))
+
+
+def _union(sides: Sequence[Side], merger: _Merger) -> dict[Key, bytes]:
+    joined: dict[Key, bytes] = {}
+    for side in sides:
+        for key, raw in _every_record(side):
+            held = joined.get(key)
+            joined[key] = raw if held is None else merger.fold(key, None, [held, raw])
+    return joined
 
 
 def _every_record(side: Side) -> Iterator[tuple[Key, bytes]]:
@@ -357,8 +366,18 @@ class _Merger:
         rank_b = (stamp_b is not None, stamp_b or _UNSTAMPED, raw_b)
         kept, dropped = (reg_a, reg_b) if rank_a > rank_b else (reg_b, reg_a)
         by_stamp = stamp_a is not None and stamp_b is not None and stamp_a != stamp_b
-        self.report.decisions.append(Decision(key, kept, dropped, by_stamp))
+        if _without_metadata(kept) != _without_metadata(dropped):
+            # Two stamps on the same content (one record created on two
+            # machines, say) decide nothing a user would want to hear about.
+            self.report.decisions.append(Decision(key, kept, dropped, by_stamp))
         return kept
+
+
+def _without_metadata(record: Record) -> bytes:
+    return encode({name: value for name, value in record.items() if name not in _METADATA})
+
+
+_METADATA = frozenset(("_crdt", "_crdt_metadata"))
 
 
 def _decode(key: Key, raw: bytes) -> Record:
