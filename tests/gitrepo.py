@@ -35,11 +35,11 @@ def git_result(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-        input_bytes: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        input_bytes: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run ``crdt-merge-driver args...`` as a separate process, unchecked."""
     return subprocess.run(
         [*CLI, *args], cwd=cwd, env=env, input=input_bytes, capture_output=True, check=False,
-    )  # type: ignore[call-overload]
+    )
 
 
 def init_bare(path: Path) -> Path:
