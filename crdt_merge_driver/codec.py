@@ -405,10 +405,11 @@ def _index_array(data: Buffer) -> Document:
 
 def _indent_of(data: bytes) -> bytes | None:
     """One level of indent: what precedes the first element on its own line."""
-    opening = data.find(b"[")
-    first_break = data.find(b"\n", opening)
+    body = data.rstrip()  # a final newline is not a line break inside the array
+    opening = body.find(b"[")
+    first_break = body.find(b"\n", opening)
     if first_break < 0:
-        return b"" if data.strip() != b"[]" else None
+        return b"" if body.lstrip() != b"[]" else None
     line = data[first_break + 1 : data.find(b"\n", first_break + 1)].rstrip(b"\r")
     body = line.lstrip(b" \t")
     if not body or body.startswith(b"]"):
@@ -503,10 +504,13 @@ def _reindent(line: bytes, unit: bytes) -> bytes:
 
 
 def choose_style(base: Style, ours: Style, theirs: Style) -> Style:
-    """The layout of a merge: what both sides agree on, else the ancestor's.
+    """The layout of a merge, field by field: what both sides agree on, else the ancestor's.
 
-    Field by field, and symmetric in ours and theirs, so that swapping the
-    sides (as a rebase does) cannot change the bytes.
+    Symmetric, so swapping the sides (as a rebase does) cannot change the
+    bytes. A change of layout on one side only (say, to CRLF) does not carry:
+    an empty file renders the same in any layout, so it cannot say which
+    layout it had, and letting one side's change win would make merging
+    three versions depend on the order they are merged in.
     """
     return Style(
         _agreed(base.format, ours.format, theirs.format),
