@@ -3,6 +3,10 @@
 The new bytes go to a temp file in the same folder (so the rename stays on
 one file system), are flushed to disk, take the old file's mode (memory files
 are often 0600), and are renamed over the old file.
+
+This module and the driver use `os` rather than `pathlib` on purpose: git
+starts the driver once per merged file, and importing pathlib costs it a few
+milliseconds each time (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from pathlib import Path
+from typing import TypeAlias
+
+StrPath: TypeAlias = "str | os.PathLike[str]"
 
 
 class ChangedMeanwhile(Exception):
@@ -18,7 +24,7 @@ class ChangedMeanwhile(Exception):
 
 
 def write_atomic(
-    path: Path,
+    path: StrPath,
     data: bytes | Iterable[bytes | memoryview],
     *,
     mode: int | None = None,
@@ -31,10 +37,11 @@ def write_atomic(
     the window for a concurrent writer as small as it can be); otherwise
     raise `ChangedMeanwhile` and leave it alone.
     """
+    path = os.fspath(path)
     if mode is None:
         mode = _current_mode(path)
-    # Not tempfile.mkstemp: importing tempfile costs the merge driver ~2 ms a run.
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as stream:
@@ -46,31 +53,33 @@ def write_atomic(
             os.fchmod(stream.fileno(), mode)
             os.fsync(stream.fileno())
         if expect is not None and _read_or_none(path) != expect:
-            raise ChangedMeanwhile(str(path))
-        temp.replace(path)
+            raise ChangedMeanwhile(path)
+        os.replace(temp, path)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        if os.path.lexists(temp):
+            os.unlink(temp)
         raise
-    _sync_folder(path.parent)
+    _sync_folder(folder or ".")
 
 
-def _read_or_none(path: Path) -> bytes | None:
+def _read_or_none(path: str) -> bytes | None:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as stream:
+            return stream.read()
     except FileNotFoundError:
         return None
 
 
-def _current_mode(path: Path) -> int:
+def _current_mode(path: str) -> int:
     try:
-        return stat.S_IMODE(path.stat().st_mode)
+        return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
 
 
-def _sync_folder(folder: Path) -> None:
+def _sync_folder(folder: str) -> None:
     # The rename itself is durable only once the folder is flushed too.
     fd = os.open(folder, os.O_RDONLY)
     try:

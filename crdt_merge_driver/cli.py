@@ -3,30 +3,37 @@
 This is the only module that knows about argparse, and `main` is the one
 place where an error becomes an exit code. Subcommands import their module
 when they run, so the merge driver (run by git for every merged file) pays
-only for what it uses.
+only for what it uses; for the same reason the driver's own command line,
+exactly as `install` writes it, is read without building the argparse
+parser at all (argparse and its help formatter cost more than merging a
+small file).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 from crdt_merge_driver import __version__
 from crdt_merge_driver.errors import CrdtError, ExitCode
+
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
 
 PROGRAM = "crdt-merge-driver"
 DRIVER_NAME = "crdt-memory"
 
 # Subcommands import their modules lazily; ruff's PLC0415 is off in this file
 # for that reason (see pyproject.toml).
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[["argparse.Namespace"], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _driver_call(arguments) or _parser().parse_args(arguments)
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -39,14 +46,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.CONFLICT if args.command == "merge" else ExitCode.INTERRUPTED)
 
 
+def _driver_call(arguments: list[str]) -> argparse.Namespace | None:
+    """``merge [--marker-size N] BASE OURS THEIRS [PATH]`` as git runs it; None for anything else.
+
+    Anything unusual (``--help``, a typo, a path that looks like an option)
+    is left to argparse, which then reports it properly.
+    """
+    if arguments[:1] != ["merge"]:
+        return None
+    rest, marker_size = arguments[1:], 7
+    if rest[:1] == ["--marker-size"] and len(rest) > 1 and rest[1].isdigit():
+        rest, marker_size = rest[2:], int(rest[1])
+    if len(rest) not in (3, 4) or any(argument.startswith("-") for argument in rest):
+        return None
+    base, ours, theirs, *path = rest
+    call = SimpleNamespace(
+        command="merge", handler=_merge, base=base, ours=ours, theirs=theirs,
+        path=path[0] if path else None, marker_size=marker_size,
+    )  # fmt: skip
+    # Not a Namespace, but it has every attribute `_merge` and `main` read.
+    return cast("argparse.Namespace", call)
+
+
 def _merge(args: argparse.Namespace) -> int:
     from crdt_merge_driver.driver import run_driver
 
     return int(
         run_driver(
-            base=Path(args.base),
-            ours=Path(args.ours),
-            theirs=Path(args.theirs),
+            base=args.base,
+            ours=args.ours,
+            theirs=args.theirs,
             path=args.path or "",
             marker_size=args.marker_size,
         )
@@ -57,8 +86,8 @@ def _join(args: argparse.Namespace) -> int:
     from crdt_merge_driver.joiner import join_files
 
     join_files(
-        inputs=[Path(name) for name in args.files],
-        output=Path(args.output) if args.output else None,
+        inputs=[_path(name) for name in args.files],
+        output=_path(args.output) if args.output else None,
         format_name=args.format,
     )
     return ExitCode.OK
@@ -99,7 +128,7 @@ def _sync(args: argparse.Namespace) -> int:
         remote=args.remote,
         branch=args.branch,
         message=args.message,
-        paths=[Path(name) for name in args.paths],
+        paths=[_path(name) for name in args.paths],
         attempts=args.attempts,
         deadline=args.deadline,
         allow_mass_delete=args.allow_mass_delete,
@@ -111,8 +140,8 @@ def _backup(args: argparse.Namespace) -> int:
     from crdt_merge_driver.backup import backup
 
     backup(
-        memory=Path(args.memory) if args.memory else None,
-        repo=Path(args.repo) if args.repo else None,
+        memory=_path(args.memory) if args.memory else None,
+        repo=_path(args.repo) if args.repo else None,
         as_path=args.as_path,
         restore=not args.no_restore,
     )
@@ -123,8 +152,8 @@ def _restore(args: argparse.Namespace) -> int:
     from crdt_merge_driver.backup import restore
 
     restore(
-        memory=Path(args.memory) if args.memory else None,
-        repo=Path(args.repo) if args.repo else None,
+        memory=_path(args.memory) if args.memory else None,
+        repo=_path(args.repo) if args.repo else None,
         as_path=args.as_path,
     )
     return ExitCode.OK
@@ -140,14 +169,22 @@ def _migrate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from crdt_merge_driver.demo import run_demo
 
-    return int(run_demo(keep=Path(args.keep) if args.keep else None))
+    return int(run_demo(keep=_path(args.keep) if args.keep else None))
+
+
+def _path(name: str) -> Path:
+    from pathlib import Path  # not at the top: the driver's path never needs it
+
+    return Path(name)
 
 
 def _repo(args: argparse.Namespace) -> Path:
-    return Path(args.repo) if args.repo else Path.cwd()
+    return _path(args.repo) if args.repo else _path(".").absolute()
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description=(

@@ -16,10 +16,9 @@ import mmap
 import os
 import sys
 from contextlib import ExitStack, suppress
-from pathlib import Path
 from typing import TextIO
 
-from crdt_merge_driver.atomic import write_atomic
+from crdt_merge_driver.atomic import StrPath, write_atomic
 from crdt_merge_driver.codec import Buffer
 from crdt_merge_driver.errors import ExitCode, InputError
 from crdt_merge_driver.merge import merge_buffers
@@ -33,15 +32,15 @@ _MAP_FROM = 1 << 20
 
 def run_driver(
     *,
-    base: Path,
-    ours: Path,
-    theirs: Path,
+    base: StrPath,
+    ours: StrPath,
+    theirs: StrPath,
     path: str = "",
     marker_size: int = 7,
     log: TextIO = sys.stderr,
 ) -> ExitCode:
     """Merge ``base``/``ours``/``theirs`` into ``ours``; the exit code for git."""
-    shown = path or str(ours)
+    shown = path or os.fspath(ours)
     if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
         return _defer_to_git(
             base=base, ours=ours, theirs=theirs, path=shown, marker_size=marker_size, log=log
@@ -64,8 +63,8 @@ def run_driver(
     return ExitCode.OK
 
 
-def _load(path: Path, stack: ExitStack) -> Buffer:
-    with path.open("rb") as stream:
+def _load(path: StrPath, stack: ExitStack) -> Buffer:
+    with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         if size < _MAP_FROM:
             return stream.read()
@@ -88,7 +87,7 @@ def _equal(first: Buffer, second: Buffer) -> bool:
 
 
 def _defer_to_git(
-    *, base: Path, ours: Path, theirs: Path, path: str, marker_size: int, log: TextIO
+    *, base: StrPath, ours: StrPath, theirs: StrPath, path: str, marker_size: int, log: TextIO
 ) -> ExitCode:
     from crdt_merge_driver import git  # noqa: PLC0415  # only here: keeps the merge path light
 

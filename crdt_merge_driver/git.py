@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from crdt_merge_driver.atomic import StrPath
 from crdt_merge_driver.errors import GitError
 
 # Variables git sets for its children that point a git command at one repository.
@@ -93,7 +94,7 @@ def output(*args: str, cwd: Path | None = None) -> str:
 
 
 def merge_file(
-    ours: Path, base: Path, theirs: Path, *, marker_size: int, labels: Sequence[str]
+    ours: StrPath, base: StrPath, theirs: StrPath, *, marker_size: int, labels: Sequence[str]
 ) -> int:
     """git's own text merge of three files into ``ours``; the number of conflicts."""
     label_args = [arg for label in labels for arg in ("-L", label)]
@@ -101,9 +102,9 @@ def merge_file(
         "merge-file",
         f"--marker-size={marker_size}",
         *label_args,
-        str(ours),
-        str(base),
-        str(theirs),
+        os.fspath(ours),
+        os.fspath(base),
+        os.fspath(theirs),
         check=False,
     )
     if result.returncode > 127:  # 1..127 count conflicts; an error is 255
