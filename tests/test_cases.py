@@ -21,13 +21,7 @@ CASES = Path(__file__).parent / "cases"
 # Known failures, kept as folders the way mergiraf keeps its failing examples:
 # the case says what the issue demands; the reason says what happens instead.
 # strict: a case that starts to pass must be moved out of this list.
-KNOWN_FAILURES: dict[str, str] = {
-    "json-array-one-line": (
-        "a one-line array that ends with a newline comes out pretty-printed with two "
-        "spaces: the codec takes the final newline for the array's first line break "
-        "and finds no indent"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 class Case(NamedTuple):
