@@ -1,0 +1,118 @@
+"""The live memory file: what the memory server writes, and this machine's version of it.
+
+The server rewrites its file after every tool call and keeps only what it
+knows: entity and relation lines with their own fields, no ``_crdt`` stamp,
+no other record. So the live file cannot carry metadata; the repository does.
+Two pure functions bridge them:
+
+* `machine_version` turns the live file into the version this machine
+  commits: records the server did not touch keep the repository's bytes
+  (stamps included), records it changed take the repository's extra fields
+  and, if their scalar fields changed, a new stamp; records the server
+  cannot hold are kept, since their absence from the live file is not a
+  deletion.
+* `server_form` turns a merged file back into exactly what the server
+  writes, so that restoring it is a no-op to the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
+from crdt_merge_driver.codec import EMPTY, Buffer, diff
+from crdt_merge_driver.merge import union
+from crdt_merge_driver.record import Key, Record, decode
+
+_ENTITY_FIELDS = ("type", "name", "entityType", "observations")
+_RELATION_FIELDS = ("type", "from", "to", "relationType")
+# The fields a record's stamp covers on an entity: everything but its
+# identity and its observations (which merge as a set, without stamps).
+_UNSTAMPED = frozenset(("type", "name", "observations", "_crdt"))
+
+
+def records_of(data: Buffer) -> dict[Key, Record]:
+    """The records of a memory file by identity, in file order, repeats folded.
+
+    Raises `InputError` on a file that is not a memory file.
+    """
+    return {key: decode(raw) for key, raw in union([diff(EMPTY, data)]).items()}
+
+
+def server_form(data: Buffer) -> bytes:
+    """The file the memory server would write for the graph in ``data``.
+
+    Entity lines, then relation lines, each with exactly the server's fields
+    in the server's order, joined by newlines with none at the end.
+    """
+    entities, relations = [], []
+    for value in records_of(data).values():
+        kind = value.get("type")
+        if kind == "entity":
+            entities.append(_only(value, _ENTITY_FIELDS))
+        elif kind == "relation":
+            relations.append(_only(value, _RELATION_FIELDS))
+    return b"\n".join(orjson.dumps(value) for value in (*entities, *relations))
+
+
+def _only(value: Record, fields: tuple[str, ...]) -> Record:
+    return {name: value[name] for name in fields if name in value}
+
+
+def machine_version(previous: Buffer, live: Buffer, clock: HybridClock) -> bytes:
+    """What this machine commits: ``live`` read against ``previous`` (its last sync)."""
+    before = records_of(previous)
+    clock.observe(stamps_in(before.values()))
+    kept: list[Record] = []
+    for key, value in records_of(live).items():
+        old = before.get(key)
+        if old is None:
+            kept.append(_stamped(value, clock) if value.get("type") == "entity" else value)
+        else:
+            kept.append(_carried(old, value, clock))
+    kept.extend(value for value in before.values() if value.get("type") not in _SERVER_TYPES)
+    return b"\n".join(orjson.dumps(value) for value in _server_order(kept))
+
+
+_SERVER_TYPES = ("entity", "relation")
+
+
+def _carried(old: Record, live: Record, clock: HybridClock) -> Record:
+    """A record the repository had: its extra fields kept, the server's fields taken live."""
+    if _server_fields(old) == _server_fields(live):
+        return old
+    merged = {**old, **_server_fields(live)}
+    if old.get("type") == "entity" and _scalars(old) != _scalars(merged):
+        return _stamped(merged, clock)
+    return merged
+
+
+def _server_fields(value: Record) -> Record:
+    fields = _ENTITY_FIELDS if value.get("type") == "entity" else _RELATION_FIELDS
+    if value.get("type") not in _SERVER_TYPES:
+        return value
+    return _only(value, fields)
+
+
+def _scalars(value: Record) -> Record:
+    return {name: field for name, field in value.items() if name not in _UNSTAMPED}
+
+
+def _stamped(value: Record, clock: HybridClock) -> Record:
+    return {**value, "_crdt": clock.now().to_json()}
+
+
+def _server_order(records: list[Record]) -> list[Record]:
+    rank = {"entity": 0, "relation": 1}
+    return sorted(records, key=lambda value: rank.get(value.get("type"), 2))  # type: ignore[arg-type]
+
+
+def stamps_in(records: Any) -> Iterator[Stamp]:
+    """Every stamp the records carry (for a clock to move past)."""
+    for value in records:
+        stamp = stamp_of(value)
+        if stamp is not None:
+            yield stamp

@@ -1,0 +1,102 @@
+"""The live file's two bridges: this machine's version of it, and the server's form."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from crdt_merge_driver.clock import HybridClock, Stamp
+from crdt_merge_driver.errors import InputError
+from crdt_merge_driver.live import machine_version, records_of, server_form
+from tests.gitrepo import entity, jsonl, relation
+
+STAMP = {"time": "2026-01-01T00:00:00.000000Z", "counter": 0, "host": "old"}
+
+
+def clock_at(seconds: float, host: str = "laptop") -> HybridClock:
+    return HybridClock(host, wall=lambda: seconds)
+
+
+def values(data: bytes) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in data.split(b"\n") if line]
+
+
+def test_untouched_records_keep_the_repository_bytes_and_stamps() -> None:
+    previous = jsonl(entity("Ada", "person", ("tea",), _crdt=STAMP), relation("Ada", "Bob"))
+    live = jsonl(entity("Ada", "person", ("tea",)), relation("Ada", "Bob"))
+    assert machine_version(previous, live, clock_at(1e9)) == previous
+
+
+def test_a_new_observation_keeps_the_stamp_and_extra_fields() -> None:
+    previous = jsonl(entity("Ada", "person", ("tea",), _crdt=STAMP, note="from a hand edit"))
+    live = jsonl(entity("Ada", "person", ("tea", "code")))
+    [ada] = values(machine_version(previous, live, clock_at(1e9)))
+    assert ada["observations"] == ["tea", "code"]
+    assert ada["_crdt"] == STAMP  # observations merge as a set: no new stamp
+    assert ada["note"] == "from a hand edit"  # the server drops it; absence is not a deletion
+
+
+def test_a_changed_entity_type_gets_a_new_stamp_from_this_host() -> None:
+    previous = jsonl(entity("Ada", "person", (), _crdt=STAMP))
+    live = jsonl(entity("Ada", "engineer", ()))
+    [ada] = values(machine_version(previous, live, clock_at(1_800_000_000.0)))
+    assert ada["entityType"] == "engineer"
+    assert ada["_crdt"] == {"time": "2027-01-15T08:00:00.000000Z", "counter": 0, "host": "laptop"}
+
+
+def test_new_entities_are_stamped_and_new_relations_are_not() -> None:
+    live = jsonl(entity("Ada"), relation("Ada", "Ada"))
+    ada, knows = values(machine_version(b"", live, clock_at(1e9)))
+    assert ada["_crdt"]["host"] == "laptop"  # type: ignore[index]
+    assert "_crdt" not in knows  # a relation has no scalar fields to order
+
+
+def test_records_the_server_cannot_hold_are_kept_and_deletions_are_deletions() -> None:
+    other = orjson.dumps({"type": "note", "id": 7, "text": "kept by the repo only"})
+    previous = jsonl(entity("Ada"), entity("Bob"), relation("Ada", "Bob"), other)
+    live = jsonl(entity("Ada"))  # this machine deleted Bob and the relation
+    kept = values(machine_version(previous, live, clock_at(1e9)))
+    assert [value.get("name", value.get("id")) for value in kept] == ["Ada", 7]
+
+
+def test_the_clock_moves_past_stamps_the_repository_holds() -> None:
+    later = {"time": "2030-01-01T00:00:00.000000Z", "counter": 4, "host": "other"}
+    previous = jsonl(entity("Ada", "person", (), _crdt=later))
+    live = jsonl(entity("Ada", "engineer", ()))
+    [ada] = values(machine_version(previous, live, clock_at(1e9)))  # wall clock: 2001
+    assert ada["_crdt"] == {**later, "counter": 5, "host": "laptop"}
+
+
+def test_server_form_is_what_the_server_writes() -> None:
+    merged = b"\n".join([
+        relation("Ada", "Bob"),
+        entity("Bob", "person", ("b",), _crdt=STAMP),
+        orjson.dumps({"type": "note", "id": 1}),
+        entity("Ada", "person", ("a",), extra=True),
+    ])  # fmt: skip
+    assert server_form(merged) == jsonl(
+        entity("Bob", "person", ("b",)), entity("Ada", "person", ("a",)), relation("Ada", "Bob")
+    )
+
+
+def test_server_form_folds_repeats_and_reads_arrays() -> None:
+    damaged = jsonl(entity("Ada", "person", ("a",)), entity("Ada", "person", ("b",)))
+    assert server_form(damaged) == jsonl(entity("Ada", "person", ("a", "b")))
+    array = b'[{"type": "entity", "name": "Ada", "entityType": "t", "observations": []}]\n'
+    assert server_form(array) == jsonl(entity("Ada", "t"))
+
+
+def test_a_file_that_is_not_memory_is_refused() -> None:
+    with pytest.raises(InputError, match="line 2"):
+        records_of(jsonl(entity("Ada"), b"<<<<<<< HEAD"))
+
+
+def test_hybrid_clock_never_runs_backwards() -> None:
+    wall = [100.0]
+    clock = HybridClock("a", wall=lambda: wall[0])
+    first = clock.now()
+    wall[0] = 50.0  # the wall clock jumps back an hour
+    second = clock.now()
+    assert (second.micros, second.counter) > (first.micros, first.counter)
+    clock.observe([Stamp(first.micros + 10, 3, "b")])
+    assert clock.now() == Stamp(first.micros + 10, 4, "a")
