@@ -151,9 +151,10 @@ class Layout(NamedTuple):
 
 
 SERVER = Layout()
+CRLF = Layout(b"\r\n")
 # Mostly the server's layout; sometimes a file that went through an editor or
 # was committed with CRLF.
-LAYOUTS = (SERVER, SERVER, SERVER, SERVER, Layout(final_newline=True), Layout(b"\r\n"),
+LAYOUTS = (SERVER, SERVER, SERVER, SERVER, Layout(final_newline=True), CRLF,
            Layout(b"\r\n", final_newline=True))  # fmt: skip
 
 
@@ -305,6 +306,23 @@ def histories(draw: st.DrawFn, count: int = 2) -> History:
     return History(base, sides)
 
 
+def history_of(base: tuple[Graph, Layout], *sides: tuple[Graph, Layout]) -> History:
+    """A `History` written by hand, for explicit examples."""
+    base_side, *others = (
+        Side(graph, render_jsonl(graph.records(), layout)) for graph, layout in (base, *sides)
+    )
+    return History(base_side, tuple(others))
+
+
+def graph_of(*names: str, observations: Sequence[str] = ()) -> Graph:
+    """Entities of type person named ``names``; the last one holds ``observations``."""
+    graph = Graph()
+    for name in names:
+        graph.create_entity(name, Entity("person", []))
+    graph.entities[names[-1]].observations = list(observations)
+    return graph
+
+
 def triples() -> st.SearchStrategy[History]:
     """Ancestor, ours and theirs, as git hands them to the driver."""
     return histories(2)
@@ -319,11 +337,13 @@ _EXTRA_COUNT = st.integers(1, 4)
 
 
 def _insert_copies(draw: st.DrawFn, data: bytes, pool: Sequence[bytes]) -> bytes:
-    """``data`` as one JSONL body with a few lines of ``pool`` inserted anywhere."""
+    """``data`` with a few lines of ``pool`` inserted anywhere, in ``data``'s layout."""
+    layout = Layout(b"\r\n" if b"\r\n" in data else b"\n", data.endswith(b"\n"))
     lines = _lines(data)
     for _ in range(draw(_EXTRA_COUNT)):
         lines.insert(draw(_index(len(lines) + 1)), _pick(draw, pool))
-    return b"\n".join(lines)
+    body = layout.newline.join(lines)
+    return body + layout.newline if layout.final_newline else body
 
 
 @st.composite

@@ -21,12 +21,16 @@ from hypothesis import strategies as st
 
 from crdt_merge_driver.merge import join_bytes, merge_bytes
 from tests.strategies import (
+    CRLF,
+    SERVER,
     ArrayLayout,
     Graph,
     History,
     array_layouts,
     array_triples,
     damaged_triples,
+    graph_of,
+    history_of,
     memory_files,
     quadruples,
     render_array,
@@ -161,6 +165,15 @@ def test_merging_the_merge_again_changes_nothing(history: History) -> None:
 
 @settings(max_examples=600)
 @given(quadruples())
+# Found by hypothesis: a one-line file shows no line ending but counts as LF.
+@example(
+    history_of(
+        (graph_of("X", "Y"), CRLF),
+        (graph_of("X", "Y", observations=["o"]), CRLF),
+        (graph_of("Y"), SERVER),
+        (graph_of("X", "Y", "Z"), SERVER),
+    )
+)
 def test_merges_with_a_common_ancestor_associate(history: History) -> None:
     base = history.base.data
     a, b, c = (side.data for side in history.sides)
@@ -264,6 +277,8 @@ def test_join_is_commutative(x: bytes, y: bytes) -> None:
 @given(memory_files(), memory_files(), memory_files())
 # Found by hypothesis: a one-line array ending in a newline loses its layout.
 @example(x=b'[\n    {"id": "a"}\n]\n', y=b"", z=b'[{"id": "b"}]\n')
+# Found by hand: a union-damaged CRLF file joins to one line, which counts as LF.
+@example(x=b'{"id": "r"}\r\n{"id": "r"}', y=b"", z=b'{"id": "s"}\r\n{"id": "t"}')
 def test_join_is_associative(x: bytes, y: bytes, z: bytes) -> None:
     assert joined(joined(x, y), z) == joined(x, joined(y, z))
 
