@@ -64,6 +64,7 @@ class Document:
     """
 
     __slots__ = (
+        "_clean",
         "_data",
         "_ends",
         "_raws",
@@ -85,6 +86,7 @@ class Document:
         self._starts = array("q")
         self._ends = array("q")
         self._raws: list[bytes] | None = None
+        self._clean = True  # every line break is style.newline
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -107,10 +109,10 @@ class Document:
     def block(self, start: int, stop: int, newline: bytes) -> memoryview | None:
         """Records ``start..stop-1`` as one slice of the file, if the file holds them so.
 
-        True for JSONL whose line breaks are ``newline``: the slice then
+        True for JSONL whose line breaks are all ``newline``: the slice then
         carries its own line breaks, and nothing is copied.
         """
-        if self._raws is not None or newline != self.style.newline:
+        if self._raws is not None or not self._clean or newline != self.style.newline:
             return None
         return memoryview(self._data)[self._starts[start] : self._ends[stop - 1]]
 
@@ -192,8 +194,11 @@ def _first_content(data: Buffer) -> int:
     return position
 
 
-def _newline_of(data: Buffer) -> bytes:
+def _newline_of(data: Buffer) -> bytes | None:
+    """The line break of the first line; None for one line with no break, which shows none."""
     first_break = data.find(b"\n")
+    if first_break < 0:
+        return None
     return b"\r\n" if first_break > 0 and data[first_break - 1] == 0x0D else b"\n"
 
 
@@ -204,6 +209,7 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
     size = len(data)
     document = Document(Style(JSONL, newline, data[size - 1] == 0x0A, None))
     document._data = data
+    clean = True
     # The hot loop of the driver: one pass over every ancestor line, so names
     # are bound locally and the server's entity layout is read without parsing.
     find, prefix = data.find, _ENTITY_PREFIX
@@ -215,7 +221,11 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
         stop = find(b"\n", position)
         if stop < 0:
             stop = size
-        end = stop - 1 if crlf and stop > position and data[stop - 1] == 0x0D else stop
+        # A carriage return ends a line in any file: one merge=union made of an
+        # LF side and a CRLF side has both, and JSON never ends in one.
+        end = stop - 1 if stop > position and data[stop - 1] == 0x0D else stop
+        if (end != stop) is not crlf and stop < size:
+            clean = False
         key: Key | None = None
         name_start = position + _NAME_START
         if (
@@ -247,6 +257,7 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
             repeated.add(key)
         count += 1
         position = stop + 1
+    document._clean = clean
     return document
 
 
@@ -291,7 +302,6 @@ def _walk(base: Document, data: Buffer) -> Side:
     walk resumes after it.
     """
     newline = _newline_of(data)
-    crlf = newline == b"\r\n"
     size = len(data)
     side = Side(Style(JSONL, newline, data[size - 1] == 0x0A, None), len(base))
     same, keep, index = side.same, side.keep, base.index
@@ -322,7 +332,7 @@ def _walk(base: Document, data: Buffer) -> Side:
         stop = find(b"\n", position)
         if stop < 0:
             stop = size
-        end = stop - 1 if crlf and stop > position and data[stop - 1] == 0x0D else stop
+        end = stop - 1 if stop > position and data[stop - 1] == 0x0D else stop
         line = data[position:end]
         parsed = _parse_line(line, partial(_line_at, data, position))
         position = stop + 1
@@ -491,7 +501,7 @@ def _render_array(records: Iterable[bytes], style: Style, newline: bytes) -> byt
         body = orjson.dumps(values, option=orjson.OPT_INDENT_2)
         if indent != b"  ":
             body = b"\n".join(_reindent(line, indent) for line in body.split(b"\n"))
-    if style.final_newline is not False:
+    if style.final_newline:
         body += b"\n"
     return body.replace(b"\n", newline) if newline != b"\n" else body
 
@@ -504,35 +514,40 @@ def _reindent(line: bytes, unit: bytes) -> bytes:
 
 
 def choose_style(base: Style, ours: Style, theirs: Style) -> Style:
-    """The layout of a merge, field by field: what both sides agree on, else the ancestor's.
+    """The layout of a merge, field by field: the ancestor's, if it shows one.
 
-    Symmetric, so swapping the sides (as a rebase does) cannot change the
-    bytes. A change of layout on one side only (say, to CRLF) does not carry:
-    an empty file renders the same in any layout, so it cannot say which
-    layout it had, and letting one side's change win would make merging
-    three versions depend on the order they are merged in.
+    A merge is laid out like its ancestor (so a CRLF repository stays CRLF);
+    only where the ancestor shows nothing (it is empty, or one line with no
+    line break) do the sides decide: what they agree on, a side that shows
+    nothing agreeing with anything. Why not let a side's change of layout
+    win: a small merge result shows nothing of its layout either, so the
+    layout of merging three versions would depend on the order they were
+    merged in. Change the layout in a commit both sides share.
     """
     return Style(
-        _agreed(base.format, ours.format, theirs.format),
-        _agreed(base.newline, ours.newline, theirs.newline),
-        _agreed(base.final_newline, ours.final_newline, theirs.final_newline),
-        _agreed(base.indent, ours.indent, theirs.indent),
+        _layout(base.format, ours.format, theirs.format),
+        _layout(base.newline, ours.newline, theirs.newline),
+        _layout(base.final_newline, ours.final_newline, theirs.final_newline),
+        _layout(base.indent, ours.indent, theirs.indent),
     )
 
 
-def _agreed(base: _T, ours: _T, theirs: _T) -> _T:
-    return ours if ours == theirs else base
+def _layout(base: _T | None, ours: _T | None, theirs: _T | None) -> _T | None:
+    if base is not None:
+        return base
+    if ours is None or ours == theirs:
+        return theirs
+    return ours if theirs is None else None
 
 
 def agreed_style(styles: Iterable[Style]) -> Style:
-    """The layout all ``styles`` share, field by field; ``None`` where they differ."""
-    listed = list(styles)
-    return Style(
-        _shared([style.format for style in listed]),
-        _shared([style.newline for style in listed]),
-        _shared([style.final_newline for style in listed]),
-        _shared([style.indent for style in listed]),
-    )
+    """The layout of a join: the format all files share (else JSONL), laid out as the server does.
+
+    A join has no ancestor to take a layout from, and a small result shows
+    nothing of its line breaks, so taking them from the inputs would make
+    joining three files depend on the order they were joined in.
+    """
+    return Style(_shared([style.format for style in styles]))
 
 
 def _shared(values: list[_T | None]) -> _T | None:

@@ -22,13 +22,7 @@ CASES = Path(__file__).parent / "cases"
 # ``expected`` is what the issue demands, ``current`` what the merge gives
 # today, and the reason says why they differ. strict: a case that starts to
 # pass fails the run, and must be moved out of this list (and lose ``current``).
-KNOWN_FAILURES: dict[str, str] = {
-    "union-damaged-crlf": (
-        "records are folded right, but the lines that came from the CRLF side keep "
-        "their \\r: the LF output has stray carriage returns (a line that differs from "
-        "the ancestor's only by \\r counts as changed, and wins)"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 class Case(NamedTuple):
