@@ -1,0 +1,901 @@
+"""sync: the retry policy, git's failures classified, and the loop against real remotes.
+
+The unit tests inject ``sleep=calls.append`` and check the backoff schedule
+without sleeping. Classification is checked against git's real stderr,
+captured in tests/fixtures/git-stderr by its capture.py. Everything else
+runs the real git against real bare remotes; `sync` is called in-process
+(so coverage sees it) except where the exit code or a separate process is
+the point.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crdt_merge_driver import sync as sync_module
+from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
+from crdt_merge_driver.sync import (
+    LOCK,
+    REBASE_MARK,
+    WAIT_FIRST,
+    WAIT_GROWTH,
+    WAIT_MAX,
+    SyncError,
+    SyncResult,
+    Transient,
+    classify,
+    retrying,
+    sync,
+)
+from tests import gitrepo
+
+FIXTURES = Path(__file__).parent / "fixtures" / "git-stderr"
+SEED = ("alice", "bob", "carol", "dave")
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def memory(*names: str) -> bytes:
+    return gitrepo.jsonl(*(gitrepo.entity(name) for name in names))
+
+
+def remote_file(remote: Path, name: str = "memory.jsonl", branch: str = "main") -> bytes:
+    return gitrepo.git(remote, "show", f"{branch}:{name}").encode()
+
+
+def names_on(remote: Path, branch: str = "main") -> set[str]:
+    entities, _ = gitrepo.graph(remote_file(remote, branch=branch))
+    return set(entities)
+
+
+def run(clone: Path, **options: object) -> tuple[SyncResult, str, list[float]]:
+    """`sync` in-process; its result, what it logged, and the waits it asked for."""
+    log = io.StringIO()
+    waits: list[float] = []
+    result = sync(repo=clone, sleep=waits.append, log=log, **options)  # type: ignore[arg-type]
+    return result, log.getvalue(), waits
+
+
+def cli_sync(clone: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = gitrepo.cli("sync", "--repo", str(clone), *args)
+    stderr = done.stderr
+    done.stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+    return done
+
+
+def rebasing(clone: Path) -> bool:
+    git_dir = clone / ".git"
+    return (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists()
+
+
+@pytest.fixture
+def origin(tmp_path: Path, remote: Path) -> Path:
+    """The bare remote with memory.jsonl (four entities) on main; no .gitattributes, no install."""
+    seed = gitrepo.clone(remote, tmp_path / "seed")
+    gitrepo.commit_file(seed, "memory.jsonl", memory(*SEED), "seed memory")
+    gitrepo.git(seed, "push", "--quiet", "origin", "HEAD:main")
+    return remote
+
+
+@pytest.fixture
+def pair(tmp_path: Path, origin: Path) -> tuple[Path, Path]:
+    return gitrepo.clone(origin, tmp_path / "laptop"), gitrepo.clone(origin, tmp_path / "server")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# --- the retry policy -------------------------------------------------------------
+
+
+def fail_every_time(policy: object) -> int:
+    tries = 0
+    with pytest.raises(Transient):
+        for attempt in policy:  # type: ignore[attr-defined]
+            with attempt:
+                tries += 1
+                raise Transient("the remote moved on")
+    return tries
+
+
+def test_waits_are_full_jitter_exponential_and_capped() -> None:
+    calls: list[float] = []
+    random.seed(1234)
+    policy = retrying(attempts=12, deadline=1e6, sleep=calls.append, log=io.StringIO())
+    tries = fail_every_time(policy)
+
+    random.seed(1234)
+    windows = [min(WAIT_MAX, WAIT_FIRST * WAIT_GROWTH ** (n - 1)) for n in range(1, 12)]
+    # tenacity draws from the random module: the same seed, the same waits
+    assert calls == [random.uniform(0, window) for window in windows]  # noqa: S311
+    assert tries == 12 and len(calls) == 11
+    assert windows[-1] == WAIT_MAX and windows[0] == WAIT_FIRST
+    assert all(0 <= wait <= window for wait, window in zip(calls, windows, strict=True))
+    assert len(set(calls)) == len(calls)  # jitter: no two waits alike
+
+
+def test_no_wait_is_longer_than_the_cap_however_many_failures() -> None:
+    calls: list[float] = []
+    fail_every_time(retrying(attempts=200, deadline=1e9, sleep=calls.append, log=io.StringIO()))
+    assert len(calls) == 199
+    assert max(calls) <= WAIT_MAX
+    assert max(calls[-50:]) > WAIT_MAX / 2  # the window stays at the cap
+
+
+def test_the_deadline_stops_before_a_wait_would_pass_it() -> None:
+    now = [0.0]
+    woke: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        woke.append(now[0])
+
+    tries = 0
+    policy = retrying(attempts=1000, deadline=10.0, sleep=sleep, log=io.StringIO(),
+                      clock=lambda: now[0])  # fmt: skip
+    with pytest.raises(Transient):
+        for attempt in policy:
+            with attempt:
+                tries += 1
+                now[0] += 0.1  # an attempt takes 0.1 s
+                raise Transient("the remote moved on")
+    assert tries == len(woke) + 1 < 1000
+    assert max(woke) < 10.0  # no wait ends past the deadline
+    assert now[0] > 10.0 - WAIT_MAX  # and it did not stop long before it
+
+
+def test_fatal_errors_are_raised_at_once_without_waiting() -> None:
+    calls: list[float] = []
+    tries = 0
+    with pytest.raises(GitError):
+        for attempt in retrying(attempts=5, deadline=60, sleep=calls.append, log=io.StringIO()):
+            with attempt:
+                tries += 1
+                raise GitError("authentication failed")
+    assert (tries, calls) == (1, [])
+
+
+def test_each_retry_logs_its_number_reason_and_wait() -> None:
+    log = io.StringIO()
+    calls: list[float] = []
+    fail_every_time(retrying(attempts=3, deadline=60, sleep=calls.append, log=log))
+    lines = log.getvalue().splitlines()
+    assert lines == [
+        f"crdt-merge-driver: sync attempt {n}: the remote moved on; next try in {wait:.2f}s"
+        for n, wait in enumerate(calls, 1)
+    ]
+
+
+# --- what git's words mean ----------------------------------------------------------
+
+
+def fixture_names(prefix: str) -> list[str]:
+    return sorted(path.stem for path in FIXTURES.glob(f"{prefix}-*.txt"))
+
+
+def test_every_captured_failure_has_a_verdict_fixture() -> None:
+    assert len(fixture_names("retry")) >= 10
+    assert len(fixture_names("fatal")) >= 8
+
+
+@pytest.mark.parametrize("name", fixture_names("retry"))
+def test_transient_failures_are_retried(name: str) -> None:
+    verdict = classify((FIXTURES / f"{name}.txt").read_text())
+    assert verdict.retry, verdict
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in fixture_names("fatal") if "rebase" not in name]
+)
+def test_permanent_failures_are_fatal(name: str) -> None:
+    verdict = classify((FIXTURES / f"{name}.txt").read_text())
+    assert not verdict.retry, verdict
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("retry-push-fetch-first", "the remote moved on"),
+        ("retry-push-non-fast-forward", "the remote moved on"),
+        ("retry-push-remote-ref-lock", "locked by another push"),
+        ("retry-push-pre-receive-transient", "refused for now: transient: the backup server"),
+        ("retry-fetch-git-connection-refused", "connection refused"),
+        ("retry-fetch-ssh-connection-refused", "connection refused"),
+        ("retry-push-git-connection-reset", "connection reset"),
+        ("retry-push-git-hung-up-mid-reply", "hung up"),
+        ("retry-fetch-http-unavailable", "HTTP 408, 429 or 5xx"),
+        ("fatal-fetch-http-auth-no-prompt", "authentication failed"),
+        ("fatal-fetch-http-auth-failed", "authentication failed"),
+        ("fatal-fetch-http-forbidden", "authentication failed"),
+        ("fatal-fetch-not-a-repository", "no such repository"),
+        ("fatal-fetch-http-not-found", "no such repository"),
+        ("fatal-push-pre-receive-declined", "refused the push: main is protected"),
+    ],
+)
+def test_each_verdict_says_why(name: str, reason: str) -> None:
+    assert reason in classify((FIXTURES / f"{name}.txt").read_text()).reason
+
+
+def test_a_hook_refusal_with_the_marker_anywhere_is_transient() -> None:
+    refusal = "remote: Backup quota recalculating, TRY AGAIN in a minute\n" + (
+        " ! [remote rejected] HEAD -> main (pre-receive hook declined)\n"
+    )
+    assert classify(refusal).retry
+    assert not classify(refusal.replace("TRY AGAIN", "come back")).retry
+
+
+def test_an_unknown_failure_is_fatal_and_quoted() -> None:
+    verdict = classify("hint: something\nfatal: the moon is in the wrong phase\n")
+    assert verdict == (False, "fatal: the moon is in the wrong phase")
+    assert classify("") == (False, "git printed nothing")
+
+
+def test_a_missing_remote_branch_is_recognised() -> None:
+    assert sync_module._MISSING_BRANCH.search(
+        (FIXTURES / "missing-fetch-remote-branch.txt").read_text()
+    )
+
+
+def test_the_driver_complaint_in_a_rebase_is_read() -> None:
+    complaint = sync_module._DRIVER_COMPLAINT.search(
+        (FIXTURES / "fatal-rebase-damaged-memory.txt").read_text()
+    )
+    assert complaint is not None
+    assert (complaint["path"], complaint["side"], complaint["line"]) == ("memory.jsonl", "A", "2")
+    assert complaint["reason"].startswith("conflict marker")
+
+
+# --- the loop against a real remote -----------------------------------------------------
+
+
+def test_concurrent_changes_merge_and_land(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, server = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    first, log, _ = run(laptop)
+    assert first.attempts == 1 and first.commit == gitrepo.head(laptop)
+    assert "committed memory.jsonl" in log
+    assert f"synced: origin/main is at {first.commit[:10]} after 1 attempt\n" in log
+
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    second, log, waits = run(server)
+    assert second.attempts == 1 and waits == []
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert gitrepo.git(origin, "rev-parse", "main").strip() == second.commit == gitrepo.head(server)
+    # the local branch is the remote's, and nothing is left in progress
+    assert not rebasing(server)
+    assert gitrepo.git(server, "status", "--porcelain") == ""
+
+
+def test_a_rejected_push_is_retried_after_a_wait(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    fetch = sync_module.fetch
+    calls = []
+
+    def fetch_then_race(clone: sync_module.Clone, timeout: float) -> str | None:
+        # Another machine lands a commit between our fetch and our push, once.
+        tip = fetch(clone, timeout)
+        if not calls:
+            calls.append(tip)
+            (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+            gitrepo.commit(laptop, "erin", "memory.jsonl")
+            gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+        return tip
+
+    monkeypatch.setattr(sync_module, "fetch", fetch_then_race)
+    result, log, waits = run(server)
+    assert result.attempts == 2 and len(waits) == 1
+    assert "sync attempt 1: push failed: rejected: the remote moved on" in log
+    assert "next try in" in log
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+
+
+def test_first_sync_creates_the_remote_branch(tmp_path: Path, remote: Path) -> None:
+    clone = gitrepo.clone(remote, tmp_path / "fresh")
+    (clone / "memory.jsonl").write_bytes(memory("first"))
+    result, _, _ = run(clone)
+    assert result.commit is not None
+    assert names_on(remote) == {"first"}
+
+
+def test_a_new_branch_is_pushed_to_the_name_given(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    result, _, _ = run(laptop, branch="backups")
+    assert names_on(origin, "backups") == {*SEED, "erin"}
+    assert names_on(origin) == set(SEED)
+    assert result.commit == gitrepo.git(origin, "rev-parse", "backups").strip()
+
+
+def test_nothing_to_push_says_so(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    result, log, _ = run(laptop)
+    assert result == SyncResult(None, 1)
+    assert log == "crdt-merge-driver: nothing to push: origin/main already has every local commit\n"
+
+
+def test_a_clone_behind_is_brought_up_to_date(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, server = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    result, log, _ = run(server)
+    assert result.commit is None and "nothing to push" in log
+    assert gitrepo.head(server) == gitrepo.git(origin, "rev-parse", "main").strip()
+    assert b"erin" in (server / "memory.jsonl").read_bytes()
+
+
+def test_only_the_given_paths_are_committed_with_the_message(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    gitrepo.write(laptop, "agents/memory-claude.jsonl", memory("claude"))
+    gitrepo.write(laptop, "memory.jsonl", memory(*SEED, "not-now"))
+    result, _, _ = run(laptop, paths=[Path("agents/memory-claude.jsonl")], message="backup claude")
+    assert result.commit is not None
+    shown = gitrepo.git(laptop, "show", "--name-only", "--format=%s", "HEAD").split()
+    assert shown == ["backup", "claude", "agents/memory-claude.jsonl"]
+    assert gitrepo.git(laptop, "status", "--porcelain") == " M memory.jsonl\n"
+
+
+def test_the_default_commit_takes_every_changed_memory_file_and_nothing_else(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"one\ntwo\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "pull", "--quiet", "--rebase")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)  # the remote moves on
+
+    gitrepo.write(server, "memory.jsonl", memory(*SEED, "frank"))
+    gitrepo.write(server, "deep/memory-agent.json", b'[{"type": "entity", "name": "x"}]\n')
+    gitrepo.write(server, "notes.txt", b"one\ntwo, edited\n")  # tracked, not staged
+    gitrepo.write(server, "staged.txt", b"staged\n")
+    gitrepo.git(server, "add", "staged.txt")
+    gitrepo.write(server, "scratch.txt", b"untracked\n")
+    result, log, _ = run(server)
+
+    committed = gitrepo.git(server, "show", "--name-only", "--format=", "HEAD").split()
+    assert committed == ["deep/memory-agent.json", "memory.jsonl"]
+    assert result.commit == gitrepo.head(server)
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    # the other changes survive the autostash: content kept (staging is not)
+    assert (server / "notes.txt").read_bytes() == b"one\ntwo, edited\n"
+    assert (server / "staged.txt").read_bytes() == b"staged\n"
+    assert (server / "scratch.txt").read_bytes() == b"untracked\n"
+    status = gitrepo.git(server, "status", "--porcelain").splitlines()
+    assert sorted(line[3:] for line in status) == ["notes.txt", "scratch.txt", "staged.txt"]
+    assert gitrepo.git(server, "stash", "list") == ""
+    assert "committed deep/memory-agent.json, memory.jsonl" in log
+
+
+def test_a_clone_where_install_never_ran_merges_with_the_driver(
+    tmp_path: Path, pair: tuple[Path, Path], origin: Path, hermetic_seal: Path
+) -> None:
+    # The user's own global attributes file still applies: notes.txt merges as union.
+    attributes = hermetic_seal / ".config" / "git" / "attributes"
+    attributes.parent.mkdir(parents=True)
+    attributes.write_text("notes.txt merge=union\n")
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"base\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "pull", "--quiet", "--rebase")
+    assert gitrepo.git(server, "config", "--get-regexp", r"^merge\.", check=False) == ""
+
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    gitrepo.write(laptop, "notes.txt", b"base\nfrom laptop\n")
+    run(laptop, paths=[Path("memory.jsonl"), Path("notes.txt")])
+    # Both append a line: git's text merge would write conflict markers here.
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    gitrepo.write(server, "notes.txt", b"base\nfrom server\n")
+    run(server, paths=[Path("memory.jsonl"), Path("notes.txt")])
+
+    merged = remote_file(origin)
+    assert b"<<<<<<<" not in merged and b"=======" not in merged
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert remote_file(origin, "notes.txt") == b"base\nfrom laptop\nfrom server\n"
+    assert not list((server / ".git").glob(f"{sync_module.ATTRIBUTES}*"))  # cleaned up
+
+
+def test_the_repositorys_own_attributes_still_win(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, ".gitattributes", b"memory.jsonl merge=binary\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "pull", "--quiet", "--rebase")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop, paths=[Path("memory.jsonl")])
+    # merge=binary is not the driver: not committed by default, and not merged
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    assert sync_module.memory_changes(
+        sync_module.Clone(server, server / ".git", {}, "origin", "", "main")
+    ) == []
+    gitrepo.commit(server, "frank", "memory.jsonl")
+    with pytest.raises(GitError, match=r"stopped on a conflict in memory\.jsonl"):
+        run(server)
+    assert not rebasing(server)
+
+
+def test_uncommitted_changes_that_conflict_are_kept_in_the_stash(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"base\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "pull", "--quiet", "--rebase")
+    gitrepo.commit_file(laptop, "notes.txt", b"laptop\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.write(server, "notes.txt", b"server, not committed\n")
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    result, log, _ = run(server)
+    assert result.commit is not None and names_on(origin) == {*SEED, "frank"}
+    assert "warning: your uncommitted changes conflict with origin/main" in log
+    assert gitrepo.git(server, "stash", "list").count("autostash") == 1
+    assert b"server, not committed" in gitrepo.git(server, "stash", "show", "-p").encode()
+
+
+# --- refusals -------------------------------------------------------------------------
+
+
+def test_a_mass_delete_is_refused_unless_allowed(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory("alice"))
+    with pytest.raises(RefusedError, match="deletes 3 of the 4 records origin/main has") as error:
+        run(laptop)
+    assert "--allow-mass-delete" in str(error.value)
+    assert names_on(origin) == set(SEED)
+    assert gitrepo.git(laptop, "log", "-1", "--format=%s").startswith("memory: sync memory.jsonl")
+
+    result, _, _ = run(laptop, allow_mass_delete=True)
+    assert result.commit is not None
+    assert names_on(origin) == {"alice"}
+
+
+def test_deleting_half_is_allowed_and_deleting_the_file_is_a_mass_delete(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory("alice", "bob"))
+    run(laptop)
+    assert names_on(origin) == {"alice", "bob"}
+
+    (laptop / "memory.jsonl").unlink()
+    with pytest.raises(RefusedError, match="deletes 2 of the 2 records"):
+        run(laptop)
+    assert names_on(origin) == {"alice", "bob"}
+
+
+def test_a_file_with_conflict_markers_is_not_pushed(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, _ = pair
+    damaged = memory(*SEED) + b"\n<<<<<<< HEAD\n" + gitrepo.entity("x") + b"\n>>>>>>> other"
+    (laptop / "memory.jsonl").write_bytes(damaged)
+    with pytest.raises(RefusedError, match=r"memory\.jsonl, line 5: conflict marker"):
+        run(laptop)
+    assert names_on(origin) == set(SEED)
+
+
+def test_repeated_records_are_not_pushed(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(
+        memory(*SEED) + b"\n" + gitrepo.entity("bob", observations=("again",))
+    )
+    with pytest.raises(RefusedError, match='entity "bob" appears more than once'):
+        run(laptop)
+    assert names_on(origin) == set(SEED)
+
+
+def test_a_damaged_remote_file_stops_the_rebase_with_a_repair_hint(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    # Elsewhere, a text merge left conflict markers and they were pushed.
+    damaged = b"\n".join([memory(*SEED), b"<<<<<<< HEAD", gitrepo.entity("x"), b"=======",
+                          gitrepo.entity("y"), b">>>>>>> theirs"])  # fmt: skip
+    gitrepo.commit_file(laptop, "memory.jsonl", damaged, "a bad text merge")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    with pytest.raises(RefusedError) as error:
+        run(server)
+    message = str(error.value)
+    assert message.startswith("memory.jsonl: the version on origin/main is damaged (conflict")
+    assert "line 5" in message and "crdt-merge-driver join memory.jsonl -o memory.jsonl" in message
+    assert "rebase aborted, local commits kept" in message
+    assert not rebasing(server)
+    assert b"frank" in gitrepo.git(server, "show", "HEAD:memory.jsonl").encode()
+    assert (server / "memory.jsonl").read_bytes() == memory(*SEED, "frank")
+
+
+def test_a_conflict_in_another_file_aborts_the_rebase(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"laptop\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "notes.txt", b"server\n")
+    before = gitrepo.head(server)
+    with pytest.raises(GitError, match=r"stopped on a conflict in notes\.txt") as error:
+        run(server)
+    assert "git pull --rebase origin main" in str(error.value)
+    assert gitrepo.head(server) == before and not rebasing(server)
+    assert gitrepo.git(server, "status", "--porcelain") == ""
+
+
+def test_an_untracked_file_in_the_way_fails_the_rebase_cleanly(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"laptop\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.write(server, "notes.txt", b"mine, untracked\n")
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    with pytest.raises(GitError, match=r"rebase onto origin/main failed: .*untracked"):
+        run(server)
+    assert not rebasing(server)
+    assert (server / "notes.txt").read_bytes() == b"mine, untracked\n"
+
+
+def test_a_permanent_hook_refusal_is_fatal_at_once(pair: tuple[Path, Path], origin: Path) -> None:
+    hook = origin / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'main is protected: ask for review' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    with pytest.raises(GitError, match="hook refused the push: main is protected") as error:
+        run(laptop)
+    assert "your local commits are kept" in str(error.value)
+
+
+def test_an_authentication_failure_is_fatal_at_once(pair: tuple[Path, Path]) -> None:
+    import http.server  # noqa: PLC0415  # only this test serves HTTP
+
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="memory"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    laptop, _ = pair
+    url = f"http://127.0.0.1:{server.server_address[1]}/memory.git"
+    gitrepo.git(laptop, "remote", "set-url", "origin", url)
+    try:
+        log = io.StringIO()
+        with pytest.raises(GitError, match="authentication failed"):
+            sync(repo=laptop, log=log, sleep=lambda _: pytest.fail("a fatal error was retried"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "attempt" not in log.getvalue()
+
+
+def test_an_unreachable_remote_gives_up_by_the_deadline(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    url = f"git://127.0.0.1:{free_port()}/memory.git"  # nothing listens there
+    gitrepo.git(laptop, "remote", "set-url", "origin", url)
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    started = time.monotonic()
+    done = cli_sync(laptop, "--deadline", "2")
+    elapsed = time.monotonic() - started
+    assert done.returncode == ExitCode.GAVE_UP, done.stderr
+    assert elapsed < 8
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"crdt-merge-driver: gave up on origin ({url}) after ")
+    assert "connection refused" in last and "your local commits are kept" in last
+    assert "sync attempt 1: fetch failed: connection refused; next try in" in done.stderr
+    assert gitrepo.git(laptop, "log", "-1", "--format=%s").startswith("memory: sync")
+    assert not rebasing(laptop) and gitrepo.git(laptop, "status", "--porcelain") == ""
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung remote)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def test_a_remote_that_hangs_times_out_by_the_deadline(
+    pair: tuple[Path, Path], silent_server: int
+) -> None:
+    laptop, _ = pair
+    gitrepo.git(laptop, "remote", "set-url", "origin", f"git://127.0.0.1:{silent_server}/m.git")
+    started = time.monotonic()
+    with pytest.raises(GaveUpError, match="git fetch timed out after"):
+        sync(repo=laptop, deadline=1.5, log=io.StringIO())
+    assert time.monotonic() - started < 6
+
+
+@pytest.mark.parametrize("scheme", ["http", "git"])
+def test_a_token_in_the_url_is_never_shown(pair: tuple[Path, Path], scheme: str) -> None:
+    laptop, _ = pair
+    url = f"{scheme}://ci:s3cret-token@127.0.0.1:{free_port()}/memory.git"
+    gitrepo.git(laptop, "remote", "set-url", "origin", url)
+    with pytest.raises(CrdtError) as error:
+        sync(repo=laptop, attempts=1, log=io.StringIO())
+    assert "s3cret" not in str(error.value)
+    assert f"{scheme}://127.0.0.1:" in str(error.value)
+
+
+def test_redact_keeps_everything_but_the_credentials() -> None:
+    assert sync_module.redact(
+        "fatal: unable to look up ci:tok@host.example (port 9418); https://u:p@h/x.git, a:b c@d"
+    ) == "fatal: unable to look up host.example (port 9418); https://h/x.git, a:b c@d"
+
+
+# --- where sync cannot start ---------------------------------------------------------------
+
+
+def test_a_detached_head_needs_a_branch(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, _ = pair
+    gitrepo.git(laptop, "checkout", "--quiet", "--detach")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    with pytest.raises(SyncError, match="HEAD is detached: pass --branch NAME"):
+        run(laptop)
+    result, _, _ = run(laptop, branch="main")
+    assert names_on(origin) == {*SEED, "erin"}
+    assert result.commit == gitrepo.head(laptop)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"remote": "upstream"}, "unknown remote 'upstream': this clone has origin"),
+        ({"attempts": 0}, "--attempts must be at least 1"),
+        ({"deadline": 0.0}, "--deadline above 0"),
+    ],
+)
+def test_bad_options_are_refused(
+    pair: tuple[Path, Path], options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SyncError, match=message):
+        run(pair[0], **options)
+
+
+def test_outside_a_repository_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(CrdtError, match="is not inside a git work tree"):
+        run(tmp_path)
+
+
+def test_a_rebase_of_the_users_own_is_left_alone(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"laptop\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "notes.txt", b"server\n")
+    gitrepo.git(server, "fetch", "--quiet")
+    assert gitrepo.git_result(server, "rebase", "origin/main").returncode != 0
+    with pytest.raises(SyncError, match="a rebase is in progress"):
+        run(server)
+    assert rebasing(server)  # not ours to abort
+
+
+def test_a_rebase_left_by_a_killed_sync_is_aborted_first(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"laptop\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "notes.txt", b"server\n")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    own = gitrepo.head(server)
+    gitrepo.git(server, "fetch", "--quiet")
+    gitrepo.git_result(server, "rebase", "origin/main")  # stops, as a killed sync would leave it
+    (server / ".git" / REBASE_MARK).write_text("pid 99999999\n")
+    gitrepo.git(server, "config", "merge.ours.driver", "true")
+    gitrepo.write(server, ".git/info/attributes", b"notes.txt merge=ours\n")
+
+    result, log, _ = run(server)
+    assert "aborted the rebase an interrupted sync left (pid 99999999)" in log
+    assert result.commit is not None and not rebasing(server)
+    assert gitrepo.head(server) != own  # replayed onto the remote
+    assert remote_file(origin, "notes.txt") == b"laptop\n"  # the driver `true` kept upstream's
+    assert names_on(origin) == {*SEED, "frank"}
+    assert not (server / ".git" / REBASE_MARK).exists()
+
+
+def test_an_index_lock_left_by_a_killed_sync_is_removed_once_its_group_is_gone(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"laptop\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "notes.txt", b"server\n")
+    gitrepo.git(server, "fetch", "--quiet")
+    gitrepo.git_result(server, "rebase", "origin/main")
+    gitrepo.git(server, "config", "merge.ours.driver", "true")
+    gitrepo.write(server, ".git/info/attributes", b"notes.txt merge=ours\n")
+    # What a sync killed while the driver ran leaves: its mark, a rebase, the index lock.
+    group = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             start_new_session=True)  # fmt: skip
+    (server / ".git" / REBASE_MARK).write_text(f"pid {group.pid} pgid {group.pid}\n")
+    (server / ".git" / "index.lock").write_text("")
+    try:
+        with pytest.raises(SyncError, match="a process of its group may still run"):
+            run(server)
+        assert rebasing(server)
+    finally:
+        group.kill()
+        group.wait()
+    result, log, _ = run(server)
+    assert f"aborted the rebase an interrupted sync left (pid {group.pid})" in log
+    assert not rebasing(server) and not (server / ".git" / "index.lock").exists()
+    assert result.commit is None  # notes.txt took the remote's version: nothing left to push
+
+
+# --- the lock ---------------------------------------------------------------------------------
+
+
+def test_a_live_sync_holds_the_lock(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (laptop / ".git" / LOCK).write_text(f"{sleeper.pid}\n")
+        with pytest.raises(RefusedError, match=f"another sync \\(pid {sleeper.pid}\\) is running"):
+            run(laptop)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert (laptop / ".git" / LOCK).read_text() == f"{sleeper.pid}\n"  # not ours to remove
+    result, log, _ = run(laptop)  # now the holder is gone: taken over
+    assert f"took over {LOCK} from sync pid {sleeper.pid}, which is gone" in log
+    assert not (laptop / ".git" / LOCK).exists()
+    assert result.attempts == 1
+
+
+def test_a_lock_without_a_pid_is_taken_over_once_old(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    lock = laptop / ".git" / LOCK
+    lock.write_text("")
+    with pytest.raises(RefusedError, match="another sync"):
+        run(laptop)
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    run(laptop)
+    assert not lock.exists()
+
+
+def test_the_lock_is_released_after_a_failure(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory("alice"))
+    with pytest.raises(RefusedError):
+        run(laptop)
+    assert not (laptop / ".git" / LOCK).exists()
+
+
+# --- CI ------------------------------------------------------------------------------------------
+
+
+def test_without_an_identity_sync_commits_as_itself(
+    pair: tuple[Path, Path], origin: Path, hermetic_seal: Path
+) -> None:
+    # CI: no user.name or user.email anywhere, and no guessing from the host name.
+    (hermetic_seal / ".gitconfig").write_text(
+        "[user]\n\tuseConfigOnly = true\n[init]\n\tdefaultBranch = main\n"
+        "[protocol \"file\"]\n\tallow = always\n"
+    )
+    laptop, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    gitrepo.git(laptop, "-c", "user.name=L", "-c", "user.email=l@x", "commit", "--quiet",
+                "--allow-empty", "-m", "meanwhile")  # fmt: skip
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    run(server)  # commits, then rebases (which commits again)
+    host = socket.gethostname()
+    fallback = f"crdt-merge-driver <crdt-merge-driver@{host}>"
+    who = gitrepo.git(origin, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "main").strip()
+    assert who == f"{fallback}|{fallback}"
+
+
+def test_an_identity_that_is_set_is_used(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    assert gitrepo.git(origin, "log", "-1", "--format=%an", "main").strip() == "Test Machine"
+
+
+def test_a_shallow_single_branch_clone_syncs(
+    tmp_path: Path, pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, _ = pair
+    for name in ("erin", "frank"):
+        (laptop / "memory.jsonl").write_bytes(memory(*SEED, name))
+        run(laptop)
+    shallow = tmp_path / "ci"
+    gitrepo.git(tmp_path, "clone", "--quiet", "--depth=1", "--single-branch",
+                f"file://{origin}", str(shallow))  # fmt: skip
+    assert gitrepo.git(shallow, "rev-parse", "--is-shallow-repository").strip() == "true"
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "frank", "gina"))
+    run(laptop)  # the remote moves past the shallow clone's only commit
+    (shallow / "memory.jsonl").write_bytes(memory(*SEED, "frank", "hugo"))
+    result, _, _ = run(shallow)
+    assert result.commit is not None
+    assert names_on(origin) == {*SEED, "frank", "gina", "hugo"}
+
+
+def test_the_command_line_exit_codes(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    done = cli_sync(laptop, "-m", "from the command line")
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert "synced: origin/main is at" in done.stderr
+    (laptop / "memory.jsonl").write_bytes(memory("alice"))
+    done = cli_sync(laptop)
+    assert done.returncode == ExitCode.REFUSED
+    assert done.stderr.splitlines()[-1].startswith("crdt-merge-driver: refusing to push")
+    done = cli_sync(laptop, "--allow-mass-delete")
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert names_on(origin) == {"alice"}
+
+
+def test_git_missing_from_path_is_reported(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(pair[0]))
+    with pytest.raises(GitError, match="git is not installed"):
+        run(pair[0])
+
+
+def test_the_attributes_file_keeps_the_users_lines(
+    pair: tuple[Path, Path], hermetic_seal: Path, tmp_path: Path
+) -> None:
+    laptop, _ = pair
+    custom = tmp_path / "my-attributes"
+    custom.write_text("*.txt diff=plain")  # no final newline
+    gitrepo.git(laptop, "config", "core.attributesFile", str(custom))
+    with sync_module.driver_environment(laptop, laptop / ".git") as env:
+        assert env["GIT_CONFIG_KEY_3"] == "core.attributesFile"
+        written = Path(env["GIT_CONFIG_VALUE_3"]).read_text().splitlines()
+        with sync_module.driver_environment(laptop, laptop / ".git") as inner:
+            assert inner["GIT_CONFIG_VALUE_3"] != env["GIT_CONFIG_VALUE_3"]
+        assert Path(env["GIT_CONFIG_VALUE_3"]).exists()  # nesting leaves the outer one alone
+    assert written[0] == "*.txt diff=plain"
+    assert "memory*.jsonl merge=crdt-memory" in written
+
+
+def test_existing_command_line_config_is_kept(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "user.name")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "From The Environment")
+    laptop, _ = pair
+    with sync_module.driver_environment(laptop, laptop / ".git") as env:
+        assert env["GIT_CONFIG_COUNT"] == "5"
+        assert env["GIT_CONFIG_KEY_1"] == "merge.crdt-memory.name"
