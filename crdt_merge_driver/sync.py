@@ -189,7 +189,8 @@ def _first_line(stderr: str) -> str:
 
 class Clone(NamedTuple):
     top: Path
-    git_dir: Path
+    git_dir: Path  # this worktree's: the rebase state, sync's lock and mark
+    common_dir: Path  # shared by all worktrees: config, refs, the shallow file
     env: Mapping[str, str]  # the driver's config and, when none is set, an identity
     remote: str
     url: str
@@ -231,7 +232,8 @@ def sync(
     top = install.find_toplevel(repo)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     with lock(git_dir, log), driver_environment(top, git_dir) as env:
-        clone = Clone(top, git_dir, env, remote, find_url(top, remote), "")
+        common = git.find_common_dir(top)
+        clone = Clone(top, git_dir, common, env, remote, find_url(top, remote), "")
         recover(clone, log)
         check_idle(clone)
         clone = clone._replace(branch=branch or current_branch(clone))
@@ -555,8 +557,8 @@ def attempt_once(
     clone: Clone, number: int, timeout: Callable[[], float], allow_mass_delete: bool, log: TextIO
 ) -> str | None:
     """Fetch, rebase, check, push once; the commit pushed, or None if there was nothing to."""
-    remote_tip = fetch(clone, timeout())
-    head = _revision(clone, "HEAD")
+    fetched = fetch(clone, timeout())
+    head, remote_tip = _revisions(clone, "HEAD", clone.tracking if fetched else None)
     if head is None:
         return None  # an unborn branch with nothing committed
     if remote_tip is not None and head != remote_tip:
@@ -575,6 +577,16 @@ def _revision(clone: Clone, name: str) -> str | None:
     return result.stdout.decode().strip() if result.returncode == 0 else None
 
 
+def _revisions(clone: Clone, first: str, second: str | None) -> tuple[str | None, str | None]:
+    """Two commits in one git call when both exist (the usual case), else one by one."""
+    if second is not None:
+        both = clone.git("rev-parse", f"{first}^{{commit}}", f"{second}^{{commit}}", check=False)
+        if both.returncode == 0:
+            one, two = both.stdout.decode().split()
+            return one, two
+    return _revision(clone, first), second and _revision(clone, second)
+
+
 def _network(clone: Clone, *args: str, timeout: float) -> git.Result:
     try:
         return clone.git(*args, check=False, timeout=timeout)
@@ -584,15 +596,18 @@ def _network(clone: Clone, *args: str, timeout: float) -> git.Result:
         raise
 
 
-def fetch(clone: Clone, timeout: float) -> str | None:
-    """Fetch the one branch; its commit, or None if the remote has no such branch yet."""
-    shallow = clone.git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true"
-    args = ["fetch", "--quiet", "--no-tags", *(["--unshallow"] if shallow else [])]
+def fetch(clone: Clone, timeout: float) -> bool:
+    """Fetch the one branch into its remote-tracking ref; False if the remote has none yet."""
+    # A shallow clone may lack the merge base the rebase needs: fetch all of
+    # the branch's history, once (the shallow file goes with it).
+    shallow = (clone.common_dir / "shallow").exists()
+    args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+            *(["--unshallow"] if shallow else [])]  # fmt: skip
     refspec = f"+refs/heads/{clone.branch}:{clone.tracking}"
     result = _network(clone, *args, clone.remote, refspec, timeout=timeout)
     if result.returncode != 0:
         if _MISSING_BRANCH.search(result.stderr):
-            return None
+            return False
         verdict = classify(result.stderr)
         if verdict.retry:
             raise Transient(f"fetch failed: {verdict.reason}")
@@ -600,7 +615,7 @@ def fetch(clone: Clone, timeout: float) -> str | None:
             f"cannot fetch {clone.branch} from {clone.remote} ({clone.url}): {verdict.reason}",
             returncode=result.returncode, stderr=result.stderr,
         )  # fmt: skip
-    return _revision(clone, clone.tracking)
+    return True
 
 
 def rebase(clone: Clone, onto: str, log: TextIO) -> None:

@@ -289,15 +289,15 @@ def test_a_rejected_push_is_retried_after_a_wait(
     fetch = sync_module.fetch
     calls = []
 
-    def fetch_then_race(clone: sync_module.Clone, timeout: float) -> str | None:
+    def fetch_then_race(clone: sync_module.Clone, timeout: float) -> bool:
         # Another machine lands a commit between our fetch and our push, once.
-        tip = fetch(clone, timeout)
+        fetched = fetch(clone, timeout)
         if not calls:
-            calls.append(tip)
+            calls.append(fetched)
             (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
             gitrepo.commit(laptop, "erin", "memory.jsonl")
             gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
-        return tip
+        return fetched
 
     monkeypatch.setattr(sync_module, "fetch", fetch_then_race)
     result, log, waits = run(server)
@@ -422,7 +422,7 @@ def test_the_repositorys_own_attributes_still_win(pair: tuple[Path, Path], origi
     # merge=binary is not the driver: not committed by default, and not merged
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     assert sync_module.memory_changes(
-        sync_module.Clone(server, server / ".git", {}, "origin", "", "main")
+        sync_module.Clone(server, server / ".git", server / ".git", {}, "origin", "", "main")
     ) == []
     gitrepo.commit(server, "frank", "memory.jsonl")
     with pytest.raises(GitError, match=r"stopped on a conflict in memory\.jsonl"):
