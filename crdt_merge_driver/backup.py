@@ -1,0 +1,334 @@
+"""``backup`` and ``restore`` of a live memory file through the shared repository.
+
+The trap this avoids: a machine's live file lacks the entities other
+machines added since it last synced, and a naive backup commits that as
+their deletion. So the live file is committed on top of the commit at which
+this machine last synced it (a ref in the clone,
+``refs/crdt-merge-driver/synced/<hash of the path>``): git's ancestor for the
+merge is what this machine last saw, so what it never received is not a
+deletion and what it really deleted is.
+
+    live file --read--> this machine's version --commit on top of--> last sync
+                                                                         |
+    live file <--restore (only if unchanged)-- merged tip <--merge, sync--+
+
+docs/backup.md tells the flow step by step, with what happens on a fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple, TextIO
+
+from crdt_merge_driver import git, install, sync
+from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
+from crdt_merge_driver.clock import HybridClock
+from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
+from crdt_merge_driver.live import machine_version, records_of, server_form, stamps_in
+from crdt_merge_driver.merge import merge_bytes
+
+PROGRAM = "crdt-merge-driver"
+DEFAULT_AS = "memory.jsonl"
+SYNCED_REFS = "refs/crdt-merge-driver/synced/"
+HOST_VARIABLE = "CRDT_MERGE_DRIVER_HOST"
+# The server writes after every tool call; give up (nothing lost) after this
+# many rounds in which it wrote between our read and our restore.
+ROUNDS = 5
+BACKUP_LOCK = "crdt-merge-driver-backup.lock"
+
+
+class BackupError(CrdtError):
+    """A backup or restore that cannot start (no file, no remote, not a memory file)."""
+
+
+class BackupResult(NamedTuple):
+    commit: str  # the commit the live file now reflects
+    rounds: int
+
+
+class _Place(NamedTuple):
+    """Where a backup runs: the live file, the clone, the file's path in it."""
+
+    memory: Path
+    top: Path
+    git_dir: Path
+    as_path: str
+    remote: str
+    branch: str
+    env: Mapping[str, str]
+
+    def git(self, *args: str, stdin: bytes | None = None, check: bool = True,
+            env: Mapping[str, str] | None = None) -> git.Result:  # fmt: skip
+        return git.run(*args, cwd=self.top, env={**self.env, **(env or {})}, stdin=stdin,
+                       check=check)  # fmt: skip
+
+    def rev(self, name: str) -> str | None:
+        result = self.git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
+        return result.stdout.decode().strip() or None
+
+    def blob(self, commit: str | None) -> bytes | None:
+        if commit is None:
+            return None
+        result = self.git("cat-file", "blob", f"{commit}:{self.as_path}", check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    @property
+    def synced_ref(self) -> str:
+        digest = hashlib.sha256(self.as_path.encode()).hexdigest()[:24]
+        return SYNCED_REFS + digest
+
+
+def backup(
+    *,
+    memory: Path | None = None,
+    repo: Path | None = None,
+    as_path: str | None = None,
+    restore: bool = True,
+    host: str | None = None,
+    wall: Callable[[], float] = time.time,
+    attempts: int = 30,
+    deadline: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
+    log: TextIO = sys.stderr,
+) -> BackupResult:
+    """Back up the live file, merge it with what the others pushed, and restore the result."""
+    machine = host or os.environ.get(HOST_VARIABLE) or socket.gethostname()
+    with _place(memory, repo, as_path, log) as place:
+        base = place.rev(place.synced_ref)
+        for round_number in range(1, ROUNDS + 1):
+            live = _read_live(place.memory)
+            _fetch(place)
+            ours = _commit_machine_version(place, base, live, HybridClock(machine, wall=wall))
+            _integrate(place, ours)
+            sync.sync(
+                repo=place.top, remote=place.remote, branch=place.branch,
+                paths=[Path(place.as_path)], attempts=attempts, deadline=deadline,
+                sleep=sleep, log=log,
+            )  # fmt: skip
+            tip = _head(place)
+            if not restore:
+                _move_synced(place, ours)
+                _say(log, f"backed up {place.memory} as {place.as_path} ({ours[:12]})")
+                return BackupResult(ours, round_number)
+            try:
+                _write_live(place, tip, expect=live)
+            except ChangedMeanwhile:
+                _say(log, f"the memory server wrote {place.memory} meanwhile; again, round "
+                          f"{round_number + 1}")  # fmt: skip
+                base = ours  # the next round builds on what this one committed
+                continue
+            _move_synced(place, tip)
+            _say(log, f"backed up and restored {place.memory} at {tip[:12]}")
+            return BackupResult(tip, round_number)
+    raise RefusedError(
+        f"the memory server kept writing {place.memory} during {ROUNDS} rounds; everything it "
+        "wrote is backed up, the live file was left alone: run backup again"
+    )
+
+
+def restore(
+    *,
+    memory: Path | None = None,
+    repo: Path | None = None,
+    as_path: str | None = None,
+    attempts: int = 30,
+    deadline: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
+    log: TextIO = sys.stderr,
+) -> BackupResult:
+    """Write the repository's merged memory into the live file (a new machine starts here)."""
+    with _place(memory, repo, as_path, log, need_live=False) as place:
+        sync.sync(
+            repo=place.top, remote=place.remote, branch=place.branch,
+            paths=[Path(place.as_path)], attempts=attempts, deadline=deadline,
+            sleep=sleep, log=log,
+        )  # fmt: skip
+        tip = _head(place)
+        if place.blob(tip) is None:
+            raise BackupError(f"nothing to restore: {place.as_path} is not in {place.top} yet")
+        current = _read_or_none(place.memory)
+        if current is not None and not _restorable(place, current, tip):
+            raise RefusedError(
+                f"{place.memory} has memory that is not backed up yet; run "
+                f"`{PROGRAM} backup` instead (it merges, where restore would overwrite)"
+            )
+        try:
+            _write_live(place, tip, expect=current)
+        except ChangedMeanwhile:
+            raise RefusedError(
+                f"the memory server wrote {place.memory} while restoring; it was left alone: "
+                "run restore (or backup) again"
+            ) from None
+        _move_synced(place, tip)
+        _say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}")
+        return BackupResult(tip, 1)
+
+
+# --- where ----------------------------------------------------------------------
+
+
+@contextmanager
+def _place(
+    memory: Path | None, repo: Path | None, as_path: str | None, log: TextIO,
+    *, need_live: bool = True,
+) -> Iterator[_Place]:  # fmt: skip
+    live = _live_path(memory)
+    if need_live and not live.is_file():
+        raise BackupError(
+            f"memory file {live} does not exist (pass --memory, or set MEMORY_FILE_PATH)"
+        )
+    folder = repo or _env_path("REPO_DIR") or Path.cwd()
+    top = install.find_toplevel(folder)
+    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    remote = _remote(top)
+    with sync.lock(git_dir, log, name=BACKUP_LOCK), sync.driver_environment(top, git_dir) as env:
+        branch = _branch(top)
+        yield _Place(live, top, git_dir, as_path or DEFAULT_AS, remote, branch, env)
+
+
+def _live_path(memory: Path | None) -> Path:
+    found = memory or _env_path("MEMORY_FILE_PATH") or _env_path("MEMORY_FILE")
+    if found is None:
+        raise BackupError("which memory file? pass --memory FILE or set MEMORY_FILE_PATH")
+    return found.absolute()
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value) if value else None
+
+
+def _remote(top: Path) -> str:
+    remotes = git.output("remote", cwd=top).split()
+    if not remotes:
+        raise BackupError(f"{top} has no remote to back up to: `git remote add origin URL` first")
+    return "origin" if "origin" in remotes else remotes[0]
+
+
+def _branch(top: Path) -> str:
+    result = git.run("symbolic-ref", "--quiet", "--short", "HEAD", cwd=top, check=False)
+    if result.returncode != 0:
+        raise BackupError(f"{top} has a detached HEAD: check out the branch the backups go to")
+    return result.stdout.decode().strip()
+
+
+# --- steps ------------------------------------------------------------------------
+
+
+def _read_live(memory: Path) -> bytes:
+    try:
+        data = memory.read_bytes()
+    except FileNotFoundError:
+        raise BackupError(f"memory file {memory} does not exist") from None
+    try:
+        records_of(data)
+    except InputError as error:
+        raise BackupError(f"{memory} is not a memory file: {error.located(str(memory))}") from None
+    return data
+
+
+def _read_or_none(memory: Path) -> bytes | None:
+    try:
+        return memory.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _fetch(place: _Place) -> None:
+    # Best effort: the stamps already pushed make this machine's clock move past
+    # them; sync fetches again (and retries) before it pushes.
+    place.git("fetch", "--quiet", place.remote, check=False)
+
+
+def _commit_machine_version(
+    place: _Place, base: str | None, live: bytes, clock: HybridClock
+) -> str:
+    """A commit holding this machine's version of the file, on top of ``base``."""
+    tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
+    head = _head_or_none(place)
+    for seen in (place.blob(tracking), place.blob(head)):
+        if seen:
+            clock.observe(stamps_in(records_of(seen).values()))
+    previous = place.blob(base) or b""
+    version = machine_version(previous, live, clock)
+    parent = base
+    if base is None:
+        # A first backup has no point of last sync: it may only add, so its
+        # version is the add/add merge (empty ancestor) with what is here.
+        parent = head
+        version, _ = merge_bytes(b"", place.blob(head) or b"", version)
+    return _commit_file(place, parent, version)
+
+
+def _commit_file(place: _Place, parent: str | None, data: bytes) -> str:
+    index = place.git_dir / f"crdt-merge-driver-backup.{os.getpid()}.index"
+    scratch = {"GIT_INDEX_FILE": str(index)}
+    try:
+        if parent is not None:
+            place.git("read-tree", parent, env=scratch)
+        blob = place.git("hash-object", "-w", "--stdin", stdin=data).stdout.decode().strip()
+        place.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{place.as_path}",
+                  env=scratch)  # fmt: skip
+        tree = place.git("write-tree", env=scratch).stdout.decode().strip()
+    finally:
+        index.unlink(missing_ok=True)
+    message = f"backup {place.as_path} from {socket.gethostname()}"
+    parents = ["-p", parent] if parent else []
+    return place.git("commit-tree", tree, *parents, "-m", message).stdout.decode().strip()
+
+
+def _integrate(place: _Place, commit: str) -> None:
+    """Merge the machine's commit into the branch (the driver merges the file)."""
+    if _head_or_none(place) is None:
+        place.git("update-ref", f"refs/heads/{place.branch}", commit)
+        place.git("checkout", "--quiet", place.branch, "--", place.as_path)
+        return
+    result = place.git("merge", "--quiet", "--no-edit", commit, check=False)
+    if result.returncode != 0:
+        place.git("merge", "--abort", check=False)
+        raise GitError(
+            f"could not merge this machine's {place.as_path} into {place.branch}: "
+            f"{result.stderr.strip() or result.stdout.decode().strip()}"
+        )
+
+
+def _head(place: _Place) -> str:
+    head = _head_or_none(place)
+    if head is None:
+        raise BackupError(f"{place.top} has no commits on {place.branch} after syncing")
+    return head
+
+
+def _head_or_none(place: _Place) -> str | None:
+    return place.rev("HEAD")
+
+
+def _restorable(place: _Place, current: bytes, tip: str) -> bool:
+    """Restoring loses nothing: the live file is empty, what was last synced, or the tip."""
+    if not records_of(current):
+        return True
+    synced = place.blob(place.rev(place.synced_ref))
+    candidates = [data for data in (synced, place.blob(tip)) if data is not None]
+    return any(server_form(data) == server_form(current) for data in candidates)
+
+
+def _write_live(place: _Place, tip: str, *, expect: bytes | None) -> None:
+    merged = place.blob(tip)
+    assert merged is not None  # the tip holds the file: it was just merged or checked
+    mode = None if place.memory.exists() else 0o600  # a new memory file is private
+    write_atomic(place.memory, server_form(merged), expect=expect, mode=mode)
+
+
+def _move_synced(place: _Place, commit: str) -> None:
+    place.git("update-ref", place.synced_ref, commit)
+
+
+def _say(log: TextIO, line: str) -> None:
+    print(f"{PROGRAM}: {line}", file=log, flush=True)
