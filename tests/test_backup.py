@@ -1,0 +1,643 @@
+"""``backup`` and ``restore`` of live memory files, proven with the real memory server.
+
+Every machine here is a live file in a folder of its own (where the memory
+server keeps it) plus a clone of one bare remote, and every edit goes
+through that machine's own server: the tests see memory exactly as an agent
+sees it. Backups run as separate processes through the command line, with
+the environment a cron line gives them, except where a test must reach into
+the middle of one (the compare-and-swap) or fake its wall clock.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import orjson
+import pytest
+
+from crdt_merge_driver.backup import backup, restore
+from crdt_merge_driver.clock import Stamp, stamp_of
+from crdt_merge_driver.errors import ExitCode
+from tests import gitrepo
+from tests.memory_server import Entity, MemoryServer, Relation, ServerFactory
+
+MEMORY = "memory.jsonl"
+
+Graph = tuple[dict[str, tuple[str, frozenset[str]]], frozenset[tuple[str, str, str]]]
+
+
+@dataclass(eq=False)
+class Machine:
+    name: str
+    live: Path  # the memory server's file, outside the clone
+    clone: Path
+    start: ServerFactory
+
+    @cached_property
+    def server(self) -> MemoryServer:
+        """This machine's own memory server, started on first use (node takes ~0.5 s)."""
+        return self.start(self.live)
+
+    def env(self) -> dict[str, str]:
+        """What a cron line gives `crdt-merge-driver backup` on this machine."""
+        return {
+            **os.environ,
+            "MEMORY_FILE_PATH": str(self.live),
+            "REPO_DIR": str(self.clone),
+            "CRDT_MERGE_DRIVER_HOST": self.name,
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """``crdt-merge-driver args...`` as a separate process, from outside the clone."""
+        return gitrepo.cli(*args, cwd=self.live.parent, env=self.env())
+
+    def backup(self, *args: str) -> None:
+        ok(self.run("backup", *args))
+
+    def restore(self) -> None:
+        ok(self.run("restore"))
+
+    def graph(self) -> Graph:
+        return server_graph(self.server)
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> None:
+    assert result.returncode == 0, (
+        f"exit {result.returncode}:\n{result.stderr.decode(errors='replace')}"
+    )
+
+
+def machine(tmp_path: Path, remote: Path, start: ServerFactory, name: str) -> Machine:
+    """A new machine: an empty folder for its live file and a clone of ``remote``."""
+    folder = tmp_path / f"{name}-live"
+    folder.mkdir()
+    live = folder / MEMORY
+    clone = gitrepo.clone(remote, tmp_path / f"{name}-clone")
+    return Machine(name, live, clone, start)
+
+
+def server_graph(server: MemoryServer) -> Graph:
+    """The graph the server answers, each entity, observation and relation once."""
+    found = server.read_graph()
+    names = [value["name"] for value in found["entities"]]
+    assert len(names) == len(set(names)), f"an entity appears twice: {sorted(names)}"
+    entities = {}
+    for value in found["entities"]:
+        observations = value["observations"]
+        assert len(observations) == len(set(observations)), f"repeated: {observations}"
+        entities[value["name"]] = (value["entityType"], frozenset(observations))
+    relations = [(value["from"], value["relationType"], value["to"])
+                 for value in found["relations"]]  # fmt: skip
+    assert len(relations) == len(set(relations)), f"a relation appears twice: {relations}"
+    return entities, frozenset(relations)
+
+
+def remote_file(remote: Path) -> bytes:
+    """The memory file on the remote's branch, as bytes."""
+    return subprocess.run(
+        ["git", "cat-file", "blob", f"main:{MEMORY}"], cwd=remote, capture_output=True, check=True
+    ).stdout
+
+
+def remote_graph(remote: Path) -> Graph:
+    entities, relations = gitrepo.graph(remote_file(remote))  # fails on a repeated record
+    return entities, frozenset(relations)
+
+
+def remote_record(remote: Path, name: str) -> dict[str, object]:
+    [found] = [value for value in gitrepo.records(remote_file(remote))
+               if value.get("type") == "entity" and value["name"] == name]  # fmt: skip
+    return found
+
+
+def stamp(value: dict[str, object]) -> Stamp:
+    found = stamp_of(value)
+    assert found is not None, f"no stamp on {value}"
+    return found
+
+
+def new(name: str, entity_type: str, *observations: str) -> Entity:
+    return {"name": name, "entityType": entity_type, "observations": list(observations)}
+
+
+def link(source: str, relation_type: str, target: str) -> Relation:
+    return {"from": source, "relationType": relation_type, "to": target}
+
+
+def observe(name: str, *contents: str) -> dict[str, object]:
+    return {"entityName": name, "contents": list(contents)}
+
+
+def forget(name: str, *observations: str) -> dict[str, object]:
+    return {"entityName": name, "observations": list(observations)}
+
+
+def one_line_error(
+    result: subprocess.CompletedProcess[bytes], code: ExitCode, says: str, *, alone: bool = True
+) -> str:
+    """The error line: the last line on stderr, after progress lines only if not ``alone``."""
+    message = result.stderr.decode()
+    assert result.returncode == code, f"exit {result.returncode}, not {code}:\n{message}"
+    lines = message.splitlines()
+    assert lines, "no message"
+    assert all(line.startswith("crdt-merge-driver: ") for line in lines), message  # no traceback
+    assert len(lines) == 1 or not alone, f"not one line:\n{message}"
+    assert says in lines[-1], message
+    return lines[-1]
+
+
+# --- the shared history the tests start from ------------------------------------
+
+FIRST_ENTITIES = [
+    new("Ada", "person", "likes tea", "writes code"),
+    new("Babbage", "person", "builds engines"),
+    new("Engine", "machine", "analytical"),
+    new("Difference Engine", "machine", "unfinished"),
+    new("Jacquard Loom", "machine", "punched cards"),
+    new("Menabrea", "person", "wrote the paper"),
+]
+FIRST_RELATIONS = [
+    link("Ada", "works with", "Babbage"),
+    link("Babbage", "built", "Engine"),
+    link("Babbage", "designed", "Difference Engine"),
+    link("Jacquard Loom", "inspired", "Engine"),
+    link("Menabrea", "described", "Engine"),
+    link("Ada", "translated", "Menabrea"),
+    link("Ada", "wrote notes on", "Engine"),
+]
+
+
+def first_memory(server: MemoryServer) -> None:
+    server.create_entities(FIRST_ENTITIES)
+    server.create_relations(FIRST_RELATIONS)
+
+
+def first_graph() -> Graph:
+    entities = {value["name"]: (value["entityType"], frozenset(value["observations"]))
+                for value in FIRST_ENTITIES}  # fmt: skip
+    relations = frozenset((value["from"], value["relationType"], value["to"])
+                          for value in FIRST_RELATIONS)  # fmt: skip
+    return entities, relations
+
+
+# --- three machines converge ------------------------------------------------------
+
+
+def laptop_edits(server: MemoryServer) -> None:
+    server.create_entities([new("Grace", "person", "wrote a compiler"),
+                            new("Hopper", "person", "found a bug")])  # fmt: skip
+    server.add_observations([observe("Ada", "first programmer")])
+    server.create_relations(
+        [link("Grace", "admires", "Ada"), link("Hopper", "worked with", "Grace")]
+    )
+    server.delete_observations([forget("Ada", "likes tea")])
+    server.delete_entities(["Jacquard Loom"])  # and its relation to Engine
+    server.delete_relations([link("Ada", "works with", "Babbage")])
+
+
+def desktop_edits(server: MemoryServer) -> None:
+    server.create_entities([new("Turing", "person", "broke codes"), new("Enigma", "machine")])
+    server.add_observations([observe("Babbage", "lucasian professor"), observe("Enigma", "rotors")])
+    server.create_relations([link("Turing", "broke", "Enigma"), link("Turing", "read", "Ada")])
+    server.delete_observations([forget("Engine", "analytical")])
+    server.delete_entities(["Difference Engine"])  # and Babbage's relation to it
+    server.delete_relations([link("Babbage", "built", "Engine")])
+
+
+def runner_edits(server: MemoryServer) -> None:
+    server.create_entities([new("Build Bot", "machine", "runs the tests")])
+    # The same observation as the laptop's, added concurrently: it must appear once.
+    server.add_observations([observe("Engine", "never finished"),
+                             observe("Ada", "first programmer")])  # fmt: skip
+    server.create_relations([link("Build Bot", "tests", "Engine")])
+    server.delete_observations([forget("Ada", "writes code")])
+    server.delete_entities(["Menabrea"])  # and both relations to it
+    server.delete_relations([link("Ada", "wrote notes on", "Engine")])
+    # Created and deleted between two backups: the others never see it.
+    server.create_entities([new("Scratch", "note", "temporary")])
+    server.delete_entities(["Scratch"])
+
+
+CONVERGED: Graph = (
+    {
+        "Ada": ("person", frozenset({"first programmer"})),
+        "Babbage": ("person", frozenset({"builds engines", "lucasian professor"})),
+        "Engine": ("machine", frozenset({"never finished"})),
+        "Grace": ("person", frozenset({"wrote a compiler"})),
+        "Hopper": ("person", frozenset({"found a bug"})),
+        "Turing": ("person", frozenset({"broke codes"})),
+        "Enigma": ("machine", frozenset({"rotors"})),
+        "Build Bot": ("machine", frozenset({"runs the tests"})),
+    },
+    frozenset({
+        ("Grace", "admires", "Ada"),
+        ("Hopper", "worked with", "Grace"),
+        ("Turing", "broke", "Enigma"),
+        ("Turing", "read", "Ada"),
+        ("Build Bot", "tests", "Engine"),
+    }),
+)  # fmt: skip
+
+
+def test_three_machines_backing_up_at_once_converge_through_their_servers(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()  # the first backup: the remote was empty
+    desktop, runner = (machine(tmp_path, remote, memory_server_factory, name)
+                       for name in ("desktop", "ci-runner"))  # fmt: skip
+    for joining in (desktop, runner):
+        assert not joining.live.exists()
+        joining.restore()  # a new machine's first command
+        assert stat.S_IMODE(joining.live.stat().st_mode) == 0o600  # a new memory file is private
+        assert joining.graph() == first_graph()
+
+    # Each machine's agent works through its own server at the same time,
+    # waiting for each reply (the server answers requests concurrently).
+    edits = {laptop: laptop_edits, desktop: desktop_edits, runner: runner_edits}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for done in [pool.submit(edit, each.server) for each, edit in edits.items()]:
+            done.result()
+
+    # All three back up at the same moment, as three processes.
+    running = [subprocess.Popen([*gitrepo.CLI, "backup"], cwd=each.live.parent, env=each.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for each in edits]  # fmt: skip
+    for each, process in zip(edits, running, strict=True):
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, f"{each.name}: exit {process.returncode}:\n{stderr!r}"
+
+    for each in edits:
+        each.restore()
+    for each in edits:
+        assert each.graph() == CONVERGED, each.name
+    assert laptop.live.read_bytes() == desktop.live.read_bytes() == runner.live.read_bytes()
+    assert remote_graph(remote) == CONVERGED
+    for name in CONVERGED[0]:  # the repository holds who last wrote what, and when
+        assert stamp(remote_record(remote, name)).host in {"laptop", "desktop", "ci-runner"}
+
+
+# --- the last-sync point ---------------------------------------------------------------
+
+
+def test_a_machine_offline_for_rounds_gets_everything_and_deletes_only_what_it_deleted(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    desktop, travel = (machine(tmp_path, remote, memory_server_factory, name)
+                       for name in ("desktop", "travel"))  # fmt: skip
+    desktop.restore()
+    travel.restore()
+
+    # The travel laptop goes offline and works on its own.
+    travel.server.create_entities([new("Offline note", "note", "written on a train")])
+    travel.server.add_observations([observe("Babbage", "seen from the train")])
+    travel.server.delete_entities(["Menabrea"])
+    travel.server.delete_observations([forget("Ada", "likes tea")])
+
+    # Meanwhile the others back up three times, with changes each time.
+    for round_number in (1, 2, 3):
+        laptop.server.create_entities([new(f"laptop {round_number}", "note")])
+        desktop.server.create_entities([new(f"desktop {round_number}", "note")])
+        desktop.server.create_relations([link(f"desktop {round_number}", "about", "Ada")])
+        if round_number == 2:
+            laptop.server.delete_entities(["Jacquard Loom"])  # travel still has it, unchanged
+            desktop.server.add_observations([observe("Ada", "first programmer")])
+        laptop.backup()
+        desktop.backup()
+
+    travel.backup()
+    notes = {f"{name} {number}" for name in ("laptop", "desktop") for number in (1, 2, 3)}
+    entities, relations = remote_graph(remote)
+    assert notes <= entities.keys()  # not received by travel: not deleted by it
+    assert "Offline note" in entities
+    assert "Menabrea" not in entities  # travel's own deletion is applied
+    assert ("Ada", "translated", "Menabrea") not in relations
+    assert "Jacquard Loom" not in entities  # the laptop's deletion stays
+    assert entities["Ada"][1] == {"writes code", "first programmer"}
+    assert entities["Babbage"][1] == {"builds engines", "seen from the train"}
+    assert {(f"desktop {n}", "about", "Ada") for n in (1, 2, 3)} <= relations
+
+    for each in (laptop, desktop, travel):
+        each.restore()
+        assert each.graph() == (entities, relations), each.name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="restore in a clone made before the first backup runs `git add memory.jsonl` on a "
+    "file the clone does not have yet: exit 3, pathspec did not match (sync is handed the path)",
+)
+def test_a_machine_cloned_before_the_first_backup_joins_with_restore(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # Every machine cloned the empty remote when the team set it up; one backs up first.
+    laptop, desktop = (machine(tmp_path, remote, memory_server_factory, name)
+                       for name in ("laptop", "desktop"))  # fmt: skip
+    first_memory(laptop.server)
+    laptop.backup()
+    desktop.restore()
+    assert desktop.graph() == first_graph()
+
+
+@pytest.mark.parametrize("cloned", ["before the first push", "after the first push"])
+def test_a_first_backup_of_memory_the_repository_never_saw_only_adds(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, cloned: str
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    early = cloned == "before the first push"
+    newcomer = machine(tmp_path, remote, memory_server_factory, "newcomer") if early else None
+    first_memory(laptop.server)
+    laptop.backup()
+    laptop.server.create_entities([new("Grace", "person", "wrote a compiler")])
+    laptop.backup()
+    newcomer = newcomer or machine(tmp_path, remote, memory_server_factory, "newcomer")
+    before = remote_graph(remote)
+
+    # The newcomer's server already holds memory of its own, never backed up,
+    # lacking most of what the repository has.
+    newcomer.server.create_entities([new("Ada", "mathematician", "wrote the first program"),
+                                     new("Newcomer", "note", "arrived late")])  # fmt: skip
+    newcomer.server.create_relations([link("Newcomer", "met", "Ada")])
+    newcomer.backup()
+
+    entities, relations = remote_graph(remote)
+    assert before[0].keys() <= entities.keys(), "a first backup deleted entities"
+    assert before[1] <= relations, "a first backup deleted relations"
+    for name, (_, observations) in before[0].items():
+        assert observations <= entities[name][1], name
+    assert entities["Ada"][1] == {"likes tea", "writes code", "wrote the first program"}
+    assert entities["Newcomer"] == ("note", frozenset({"arrived late"}))
+    assert ("Newcomer", "met", "Ada") in relations
+    assert newcomer.graph() == (entities, relations)  # and it got everything back
+    laptop.restore()
+    assert laptop.graph() == (entities, relations)
+
+
+# --- the compare-and-swap ---------------------------------------------------------------
+
+
+class WriteWhenPushed(io.StringIO):
+    """backup's log; the first time sync reports the push landed, the server writes.
+
+    That moment is after backup read the live file and before it restores it:
+    exactly the window in which an agent's tool call would be lost.
+    """
+
+    def __init__(self, server: MemoryServer) -> None:
+        super().__init__()
+        self.server = server
+        self.wrote = False
+
+    def write(self, text: str) -> int:
+        if "synced:" in text and not self.wrote:
+            self.wrote = True
+            self.server.create_entities([new("Written meanwhile", "note", "during backup")])
+        return super().write(text)
+
+
+def test_a_server_write_during_backup_is_kept_and_backup_goes_round_again(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    desktop = machine(tmp_path, remote, memory_server_factory, "desktop")
+    desktop.restore()
+    desktop.server.create_entities([new("From desktop", "note")])
+    desktop.backup()
+    laptop.server.add_observations([observe("Ada", "before the backup")])
+
+    log = WriteWhenPushed(laptop.server)
+    result = backup(memory=laptop.live, repo=laptop.clone, host="laptop", log=log)
+
+    assert log.wrote, f"sync never reported a landed push:\n{log.getvalue()}"
+    assert result.rounds == 2, log.getvalue()
+    assert "meanwhile; again, round 2" in log.getvalue()
+    entities, _ = laptop.graph()
+    assert entities["Written meanwhile"] == ("note", frozenset({"during backup"}))
+    assert "before the backup" in entities["Ada"][1]
+    assert "From desktop" in entities  # and the restore did happen, in round 2
+    assert remote_graph(remote)[0] == entities
+    assert gitrepo.git(laptop.clone, "rev-parse", "HEAD").strip() == result.commit
+
+
+# --- the hybrid clock ---------------------------------------------------------------------
+
+HOURS_BEHIND = 3 * 3600.0
+
+
+def test_a_machine_whose_clock_is_hours_behind_still_gets_its_later_edit_in(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    a = machine(tmp_path, remote, memory_server_factory, "a")
+    a.server.create_entities([new("X", "idea", "first thought")])
+    a.backup()
+    b = machine(tmp_path, remote, memory_server_factory, "b")
+    restore(memory=b.live, repo=b.clone, log=io.StringIO())  # t0: b's last sync
+
+    # a replaces X with another entityType (no tool changes a type in place).
+    a.server.delete_entities(["X"])
+    a.server.create_entities([new("X", "project", "first thought")])
+    a.backup()
+    a_stamp = stamp(remote_record(remote, "X"))
+    assert a_stamp.host == "a"
+
+    # Later, b (not restored since t0) replaces it again, with a clock 3 hours slow.
+    b.server.delete_entities(["X"])
+    b.server.create_entities([new("X", "task", "first thought")])
+    skewed = time.time() - HOURS_BEHIND
+    backup(memory=b.live, repo=b.clone, host="b", wall=lambda: time.time() - HOURS_BEHIND,
+           log=io.StringIO())  # fmt: skip
+
+    x = remote_record(remote, "X")
+    assert x["entityType"] == "task"
+    b_stamp = stamp(x)
+    assert b_stamp.host == "b"
+    assert b_stamp > a_stamp  # b saw a's stamp during backup and stamped after it
+    assert b_stamp.micros > skewed * 1_000_000 + 3600 * 1_000_000  # not b's wall clock
+    a.restore()
+    for each in (a, b):
+        assert each.graph()[0]["X"] == ("task", frozenset({"first thought"})), each.name
+
+
+# --- errors and the live file's own properties --------------------------------------------
+
+
+def test_a_missing_live_file_is_one_line_and_exit_2(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    one_line_error(laptop.run("backup"), ExitCode.USAGE, "does not exist")
+    assert not laptop.live.exists()
+
+
+def test_a_repository_without_a_remote_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    lonely = gitrepo.init_repo(tmp_path / "lonely")
+    live = tmp_path / "live" / MEMORY
+    live.parent.mkdir()
+    live.write_bytes(gitrepo.jsonl(gitrepo.entity("Ada")))
+    env = {**os.environ, "MEMORY_FILE_PATH": str(live), "REPO_DIR": str(lonely)}
+    result = gitrepo.cli("backup", cwd=tmp_path, env=env)
+    one_line_error(result, ExitCode.USAGE, "has no remote")
+    assert live.read_bytes() == gitrepo.jsonl(gitrepo.entity("Ada"))
+
+
+def test_a_live_file_that_is_not_a_memory_file_is_refused_untouched(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    damaged = b"\n".join([b"<<<<<<< HEAD", gitrepo.entity("Ada"), b"=======",
+                          gitrepo.entity("Ada", "person"), b">>>>>>> theirs"])  # fmt: skip
+    laptop.live.write_bytes(damaged)
+    pushed = gitrepo.git(remote, "rev-parse", "main")
+
+    result = laptop.run("backup")
+
+    one_line_error(result, ExitCode.USAGE, "is not a memory file")
+    assert str(laptop.live) in result.stderr.decode()
+    assert laptop.live.read_bytes() == damaged
+    assert gitrepo.git(remote, "rev-parse", "main") == pushed
+
+
+def test_restore_refuses_to_overwrite_memory_never_backed_up(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    desktop = machine(tmp_path, remote, memory_server_factory, "desktop")
+    desktop.server.create_entities([new("Only here", "note", "never backed up")])
+    before = desktop.live.read_bytes()
+
+    # restore syncs first (its progress lines come before the refusal).
+    refusal = one_line_error(desktop.run("restore"), ExitCode.REFUSED, "not backed up", alone=False)
+    assert "run `crdt-merge-driver backup`" in refusal
+    assert desktop.live.read_bytes() == before
+    desktop.backup()  # what the message says to do: it merges
+    assert {"Only here", "Ada"} <= desktop.graph()[0].keys()
+
+    # Once backed up, a restore is allowed again (and changes nothing here).
+    desktop.restore()
+    assert {"Only here", "Ada"} <= desktop.graph()[0].keys()
+
+
+def test_no_restore_backs_up_and_leaves_the_live_file_alone(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    desktop = machine(tmp_path, remote, memory_server_factory, "desktop")
+    desktop.restore()
+    laptop.server.create_entities([new("From laptop", "note")])
+    laptop.backup()
+    desktop.server.create_entities([new("From desktop", "note")])
+    before = desktop.live.read_bytes()
+    modified = desktop.live.stat().st_mtime_ns
+
+    desktop.backup("--no-restore")
+
+    assert desktop.live.read_bytes() == before
+    assert desktop.live.stat().st_mtime_ns == modified
+    assert {"From laptop", "From desktop"} <= remote_graph(remote)[0].keys()
+    desktop.backup()  # the next backup brings the laptop's entity back, and loses nothing
+    assert {"From laptop", "From desktop"} <= desktop.graph()[0].keys()
+
+
+def test_the_live_file_keeps_its_mode_and_gets_the_servers_exact_format(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.live.chmod(0o600)
+    laptop.backup()
+    desktop = machine(tmp_path, remote, memory_server_factory, "desktop")
+    assert stat.S_IMODE(laptop.live.stat().st_mode) == 0o600
+    desktop.restore()
+    desktop.server.create_entities([new("From desktop", "note", "é ☕")])
+    desktop.backup()
+
+    laptop.restore()
+    assert stat.S_IMODE(laptop.live.stat().st_mode) == 0o600
+    restored = laptop.live.read_bytes()
+    assert b"_crdt" not in restored
+    assert not restored.endswith(b"\n")
+    assert b"_crdt" in remote_file(remote)  # the stamps live in the repository only
+
+    # Byte for byte what the server itself writes: let a server save the same graph.
+    copy = tmp_path / "copy" / MEMORY
+    copy.parent.mkdir()
+    copy.write_bytes(restored)
+    server = memory_server_factory(copy)
+    server.create_entities([new("Ada", "person")])  # skipped (it exists), but saved
+    assert copy.read_bytes() == restored
+    assert orjson.loads(restored.split(b"\n")[0]) == {"type": "entity", **FIRST_ENTITIES[0]}
+
+
+# --- faults between two backups ---------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a backup that fails after merging its commit leaves the last-sync point where it "
+    "was; the next backup builds on that older point, so an entity added before the failure "
+    "and deleted after it looks added by the failed commit and comes back",
+)
+def test_a_deletion_after_a_failed_backup_is_still_a_deletion(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    laptop.server.create_entities([new("Draft", "note", "written offline")])
+    away = remote.rename(tmp_path / "away.git")  # the network is down
+    assert laptop.run("backup").returncode != 0
+    away.rename(remote)
+    laptop.server.delete_entities(["Draft"])  # the agent deletes it before the next backup
+
+    laptop.backup()
+
+    assert "Draft" not in remote_graph(remote)[0]
+    assert "Draft" not in laptop.graph()[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="backup merges before it checks the clone is idle, and on failure runs "
+    "`git merge --abort`, which aborts the user's own merge in progress",
+)
+def test_backup_leaves_a_merge_in_progress_in_the_clone_alone(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    # The clone is also someone's working copy, in the middle of resolving a conflict.
+    gitrepo.commit_file(laptop.clone, "notes.txt", b"base\n")
+    gitrepo.git(laptop.clone, "checkout", "--quiet", "-b", "side")
+    gitrepo.commit_file(laptop.clone, "notes.txt", b"side\n")
+    gitrepo.git(laptop.clone, "checkout", "--quiet", "main")
+    gitrepo.commit_file(laptop.clone, "notes.txt", b"main\n")
+    assert gitrepo.git_result(laptop.clone, "merge", "side").returncode != 0
+    conflicted = (laptop.clone / "notes.txt").read_bytes()
+    laptop.server.create_entities([new("Grace", "person")])
+
+    result = laptop.run("backup")
+
+    assert result.returncode != 0  # it cannot merge now; it must say so and touch nothing
+    assert (laptop.clone / ".git" / "MERGE_HEAD").exists(), "the user's merge was aborted"
+    assert (laptop.clone / "notes.txt").read_bytes() == conflicted
