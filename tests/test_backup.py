@@ -513,6 +513,28 @@ def test_a_live_file_that_is_not_a_memory_file_is_refused_untouched(
     assert gitrepo.git(remote, "rev-parse", "main") == pushed
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="restore reads a damaged live file unguarded: exit 1 with `input, line 1: "
+    "conflict marker`, which does not name the file",
+)
+def test_restore_over_a_live_file_that_is_not_a_memory_file_names_it(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.live.write_bytes(gitrepo.jsonl(gitrepo.entity("Ada")))
+    laptop.backup()
+    damaged = b"<<<<<<< HEAD\n" + gitrepo.entity("Ada")
+    laptop.live.write_bytes(damaged)
+
+    result = laptop.run("restore")
+
+    assert result.returncode != 0
+    error = result.stderr.decode().splitlines()[-1]  # after restore's sync lines
+    assert str(laptop.live) in error, error  # as backup says "<file> is not a memory file"
+    assert laptop.live.read_bytes() == damaged
+
+
 def test_restore_refuses_to_overwrite_memory_never_backed_up(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
