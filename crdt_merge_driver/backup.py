@@ -79,6 +79,15 @@ class _Place(NamedTuple):
         result = self.git("cat-file", "blob", f"{commit}:{self.as_path}", check=False)
         return result.stdout if result.returncode == 0 else None
 
+    def sync(
+        self, *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO
+    ) -> None:
+        """Land the local commits on the remote branch (the file itself is already committed)."""
+        sync.sync(
+            repo=self.top, remote=self.remote, branch=self.branch, paths=[Path(self.as_path)],
+            attempts=attempts, deadline=deadline, sleep=sleep, log=log,
+        )  # fmt: skip
+
     @property
     def synced_ref(self) -> str:
         digest = hashlib.sha256(self.as_path.encode()).hexdigest()[:24]
@@ -107,11 +116,7 @@ def backup(
             _fetch(place)
             ours = _commit_machine_version(place, base, live, HybridClock(machine, wall=wall))
             _integrate(place, ours)
-            sync.sync(
-                repo=place.top, remote=place.remote, branch=place.branch,
-                paths=[Path(place.as_path)], attempts=attempts, deadline=deadline,
-                sleep=sleep, log=log,
-            )  # fmt: skip
+            place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
             tip = _head(place)
             if not restore:
                 _move_synced(place, ours)
@@ -145,11 +150,7 @@ def restore(
 ) -> BackupResult:
     """Write the repository's merged memory into the live file (a new machine starts here)."""
     with _place(memory, repo, as_path, log, need_live=False) as place:
-        sync.sync(
-            repo=place.top, remote=place.remote, branch=place.branch,
-            paths=[Path(place.as_path)], attempts=attempts, deadline=deadline,
-            sleep=sleep, log=log,
-        )  # fmt: skip
+        place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
         tip = _head(place)
         if place.blob(tip) is None:
             raise BackupError(f"nothing to restore: {place.as_path} is not in {place.top} yet")

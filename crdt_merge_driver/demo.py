@@ -273,22 +273,11 @@ def _part_sync(clones: dict[str, Path], out: TextIO) -> None:
         Memory(clones[name] / MEMORY).create_entity(
             f"note from {name}", "note", f"written on {name}"
         )
-    errors: list[BaseException] = []
-
     def push(name: str) -> None:
-        try:
-            result = sync(repo=clones[name], message=f"{name}: sync", log=io.StringIO())
-            print(f"  {name}: landed in {result.attempts} attempt(s)", file=out)
-        except BaseException as error:  # reported below, after the others finished
-            errors.append(error)
+        result = sync(repo=clones[name], message=f"{name}: sync", log=io.StringIO())
+        print(f"  {name}: landed in {result.attempts} attempt(s)", file=out)
 
-    threads = [threading.Thread(target=push, args=(name,)) for name in MACHINES]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise DemoFailed(f"a sync failed: {errors[0]}")
+    _at_once(push, "sync")
     for name in MACHINES:
         _git(clones[name], "pull", "--quiet", "--rebase", "origin", "main")
     entities, _ = _same_everywhere(clones)
@@ -307,21 +296,10 @@ def _part_backup(root: Path, clones: dict[str, Path], out: TextIO) -> None:
     Memory(live["desktop"]).delete_entity("Turing")
     Memory(live["ci-runner"]).add_observations("Grace", "a rear admiral")
     print("  laptop: create Hopper; desktop: delete Turing; ci-runner: observe Grace", file=out)
-    errors: list[BaseException] = []
-
     def back_up(name: str) -> None:
-        try:
-            backup(memory=live[name], repo=clones[name], host=name, log=io.StringIO())
-        except BaseException as error:  # reported below, after the others finished
-            errors.append(error)
+        backup(memory=live[name], repo=clones[name], host=name, log=io.StringIO())
 
-    threads = [threading.Thread(target=back_up, args=(name,)) for name in MACHINES]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise DemoFailed(f"a backup failed: {errors[0]}")
+    _at_once(back_up, "backup")
     for name in MACHINES:
         restore(memory=live[name], repo=clones[name], log=io.StringIO())
     graphs = {name: Memory(live[name]).graph() for name in MACHINES}
@@ -331,6 +309,25 @@ def _part_backup(root: Path, clones: dict[str, Path], out: TextIO) -> None:
     _check("Hopper" in entities and "Turing" not in entities, "Hopper added, Turing deleted")
     _check("a rear admiral" in entities["Grace"][1], "Grace's new observation arrived")
     _show(out, "the converged memory, in every live file", graph)
+
+
+def _at_once(job: Callable[[str], None], what: str) -> None:
+    """Run ``job`` for every machine at the same moment, one thread each."""
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            job(name)
+        except BaseException as error:  # raised below, once the others finished
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in MACHINES]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise DemoFailed(f"a {what} failed: {errors[0]}")
 
 
 def _same_everywhere(clones: dict[str, Path]) -> Graph:
