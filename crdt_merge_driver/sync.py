@@ -16,6 +16,7 @@ middle of a rebase. docs/sync.md gives the reasons for each choice.
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import sys
@@ -40,10 +41,15 @@ PROGRAM = "crdt-merge-driver"
 TRANSIENT_MARKERS = ("transient", "try again")
 # The first retry waits up to WAIT_FIRST seconds, each later one up to
 # WAIT_GROWTH times as long, never more than WAIT_MAX (full jitter: uniform
-# from 0). Measured with benchmarks/sync_bench.py; see docs/sync.md.
-WAIT_FIRST = 1.0
+# from 0). On top, up to WAIT_LOAD times as long as the failed attempt took
+# (at most WAIT_LOAD_MAX): attempts slow down when many writers compete, so
+# a crowd spreads out at once instead of colliding for several rounds while
+# the exponential window grows. Measured with benchmarks/sync_bench.py.
+WAIT_FIRST = 0.25
 WAIT_GROWTH = 1.5
-WAIT_MAX = 8.0
+WAIT_MAX = 4.0
+WAIT_LOAD = 10.0
+WAIT_LOAD_MAX = 8.0
 # Files sync keeps in the git folder (per worktree): the lock that stops two
 # syncs in one clone, the mark of a rebase it started, its attributes files
 # (this name plus a unique suffix).
@@ -74,8 +80,9 @@ class Transient(Exception):
     # Not an error a user sees: the signal to try again, caught by the retry policy.
     """A failure that a later attempt can get past (the remote moved on, a dropped link)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, took: float = 0.0) -> None:
         self.reason = reason
+        self.took = took  # seconds the failed attempt took; the loop fills it in
         super().__init__(reason)
 
 
@@ -95,11 +102,24 @@ class _StopAtDeadline(tenacity.stop.stop_base):
         return self.clock() + upcoming >= self.at
 
 
+class _WaitForLoad(tenacity.wait.wait_base):
+    """Uniform from 0 to ``factor`` times as long as the failed attempt took, capped."""
+
+    def __init__(self, factor: float, most: float) -> None:
+        self.factor = factor
+        self.most = most
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        failure = retry_state.outcome.exception() if retry_state.outcome else None
+        took = failure.took if isinstance(failure, Transient) else 0.0
+        return random.uniform(0, min(self.most, self.factor * took))  # noqa: S311  # jitter
+
+
 def retrying(
     *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO,
     clock: Clock = time.monotonic,
 ) -> tenacity.Retrying:  # fmt: skip
-    """The one retry policy: `Transient` failures, full-jitter exponential waits, N or deadline."""
+    """The one retry policy: `Transient` failures, full-jitter waits, N attempts or a deadline."""
 
     def report(state: tenacity.RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
@@ -112,7 +132,7 @@ def retrying(
         stop=tenacity.stop_after_attempt(attempts) | _StopAtDeadline(deadline, clock),
         wait=tenacity.wait_random_exponential(
             multiplier=WAIT_FIRST, max=WAIT_MAX, exp_base=WAIT_GROWTH
-        ),
+        ) + _WaitForLoad(WAIT_LOAD, WAIT_LOAD_MAX),
         sleep=sleep,
         before_sleep=report,
         reraise=True,
@@ -537,7 +557,12 @@ def push_until_landed(
         for attempt in policy:
             with attempt:
                 number = attempt.retry_state.attempt_number
-                pushed = attempt_once(clone, number, remaining, allow_mass_delete, log)
+                began = clock()
+                try:
+                    pushed = attempt_once(clone, number, remaining, allow_mass_delete, log)
+                except Transient as failure:
+                    failure.took = clock() - began
+                    raise
     except Transient as last:
         say(log, f"sync attempt {number}: {last.reason}; giving up")
         raise GaveUpError(

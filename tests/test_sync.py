@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -30,6 +31,8 @@ from crdt_merge_driver.sync import (
     REBASE_MARK,
     WAIT_FIRST,
     WAIT_GROWTH,
+    WAIT_LOAD,
+    WAIT_LOAD_MAX,
     WAIT_MAX,
     SyncError,
     SyncResult,
@@ -68,11 +71,16 @@ def run(clone: Path, **options: object) -> tuple[SyncResult, str, list[float]]:
     return result, log.getvalue(), waits
 
 
-def cli_sync(clone: Path, *args: str) -> subprocess.CompletedProcess[str]:
+class Ran(NamedTuple):
+    returncode: int
+    stderr: str
+
+
+def cli_sync(clone: Path, *args: str) -> Ran:
+    """``crdt-merge-driver sync --repo clone args...`` as its own process."""
     done = gitrepo.cli("sync", "--repo", str(clone), *args)
-    stderr = done.stderr
-    done.stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
-    return done
+    stderr: object = done.stderr  # gitrepo.cli says str; it runs without text=True
+    return Ran(done.returncode, stderr.decode() if isinstance(stderr, bytes) else str(stderr))
 
 
 def rebasing(clone: Path) -> bool:
@@ -121,12 +129,30 @@ def test_waits_are_full_jitter_exponential_and_capped() -> None:
 
     random.seed(1234)
     windows = [min(WAIT_MAX, WAIT_FIRST * WAIT_GROWTH ** (n - 1)) for n in range(1, 12)]
-    # tenacity draws from the random module: the same seed, the same waits
-    assert calls == [random.uniform(0, window) for window in windows]  # noqa: S311
+    # tenacity draws from the random module: the same seed, the same waits. The
+    # second draw is the load term, zero here: these attempts took no time.
+    expected = [random.uniform(0, window) + random.uniform(0, 0) for window in windows]  # noqa: S311
+    assert calls == expected
     assert tries == 12 and len(calls) == 11
     assert windows[-1] == WAIT_MAX and windows[0] == WAIT_FIRST
     assert all(0 <= wait <= window for wait, window in zip(calls, windows, strict=True))
     assert len(set(calls)) == len(calls)  # jitter: no two waits alike
+
+
+def test_slow_attempts_wait_longer_in_proportion() -> None:
+    calls: list[float] = []
+    tries = 0
+    with pytest.raises(Transient):
+        for attempt in retrying(attempts=40, deadline=1e6, sleep=calls.append, log=io.StringIO()):
+            with attempt:
+                tries += 1
+                raise Transient("busy", took=0.3 if tries % 2 else 30.0)
+    windows = [min(WAIT_MAX, WAIT_FIRST * WAIT_GROWTH ** (n - 1)) for n in range(1, 40)]
+    loads = [min(WAIT_LOAD_MAX, WAIT_LOAD * (0.3 if n % 2 else 30.0)) for n in range(1, 40)]
+    assert all(0 <= wait <= window + load
+               for wait, window, load in zip(calls, windows, loads, strict=True))  # fmt: skip
+    assert max(calls) > WAIT_MAX  # the load term did add
+    assert max(calls) <= WAIT_MAX + WAIT_LOAD_MAX  # and it is capped
 
 
 def test_no_wait_is_longer_than_the_cap_however_many_failures() -> None:
@@ -287,7 +313,7 @@ def test_a_rejected_push_is_retried_after_a_wait(
     laptop, server = pair
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     fetch = sync_module.fetch
-    calls = []
+    calls: list[bool] = []
 
     def fetch_then_race(clone: sync_module.Clone, timeout: float) -> bool:
         # Another machine lands a commit between our fetch and our push, once.
