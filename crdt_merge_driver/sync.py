@@ -4,8 +4,9 @@ When many machines back up to one branch in the same minute, every push but
 one is rejected as non-fast-forward. Each attempt here fetches the branch,
 rebases the local commits onto it (the merge driver, supplied to git by this
 module, merges the memory files), checks what the push would change, and
-pushes; a rejection is retried after a random, exponentially growing wait,
-so that the losers of one round spread out instead of colliding again.
+pushes; a rejection is retried after a random wait that grows with the
+failures and with how long the failed attempt took, so that the losers of
+one round spread out instead of colliding again.
 
 Only what a later attempt can fix is retried (see `classify`); everything
 else stops at once with one line that says what happened and what to run.
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -281,8 +282,9 @@ def lock(git_dir: Path, log: TextIO, *, name: str = LOCK) -> Iterator[None]:
         except FileExistsError:
             holder = _holder(path)
             if not _stale(path, holder):
+                who = f"pid {holder}" if holder else "just starting"
                 raise RefusedError(
-                    f"another sync (pid {holder}) is running in this clone; wait for it "
+                    f"another sync ({who}) is running in this clone; wait for it "
                     f"(delete {path} only if no sync is running)"
                 ) from None
             _break_stale(path, holder, log)
@@ -457,6 +459,7 @@ def recover(clone: Clone, log: TextIO) -> None:
                 )
             index_lock.unlink(missing_ok=True)
         clone.git("rebase", "--abort")
+        remove_merge_temps(clone, since=mark.stat().st_mtime)
         say(log, f"aborted the rebase an interrupted sync left (pid {left.get('pid', '?')}); "
                  "the local commits are as they were before it")  # fmt: skip
     mark.unlink(missing_ok=True)
@@ -658,7 +661,21 @@ def rebase(clone: Clone, onto: str, log: TextIO) -> None:
     finally:
         if clone.rebasing():
             clone.git("rebase", "--abort", check=False)
+            remove_merge_temps(clone, since=mark.stat().st_mtime)
         mark.unlink(missing_ok=True)
+
+
+def remove_merge_temps(clone: Clone, *, since: float) -> None:
+    """Remove the ``%O %A %B`` temp files an interrupted merge left in the work tree.
+
+    git writes them as ``.merge_file_XXXXXX`` at the top and deletes them when
+    the driver returns; a rebase cut short by a signal leaves them behind.
+    Only those from this rebase (not older than its mark) are ours.
+    """
+    for path in clone.top.glob(".merge_file_*"):
+        with suppress(OSError):
+            if path.is_file() and path.stat().st_mtime >= since - 1:
+                path.unlink()
 
 
 _AUTOSTASH_CONFLICT = "Applying autostash resulted in conflicts"

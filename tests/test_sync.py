@@ -810,7 +810,7 @@ def test_a_lock_without_a_pid_is_taken_over_once_old(pair: tuple[Path, Path]) ->
     laptop, _ = pair
     lock = laptop / ".git" / LOCK
     lock.write_text("")
-    with pytest.raises(RefusedError, match="another sync"):
+    with pytest.raises(RefusedError, match=r"another sync \(just starting\)"):
         run(laptop)
     old = time.time() - 60
     os.utime(lock, (old, old))
@@ -925,3 +925,144 @@ def test_existing_command_line_config_is_kept(
     with sync_module.driver_environment(laptop, laptop / ".git") as env:
         assert env["GIT_CONFIG_COUNT"] == "5"
         assert env["GIT_CONFIG_KEY_1"] == "merge.crdt-memory.name"
+
+
+# --- corners of the lock, the recovery and the checks ----------------------------------------
+
+
+def test_a_lock_that_keeps_being_taken_gives_up(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    git_dir = laptop / ".git"
+    (git_dir / LOCK).write_text("99999999\n")  # a dead pid...
+    (git_dir / f"{LOCK}.takeover").write_text("")  # ...that another sync is taking over now
+    with pytest.raises(RefusedError, match="other syncs keep taking it"):
+        run(laptop)
+    assert (git_dir / LOCK).read_text() == "99999999\n"
+
+
+def test_an_abandoned_takeover_is_ignored_once_old(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    git_dir = laptop / ".git"
+    (git_dir / LOCK).write_text("99999999\n")
+    guard = git_dir / f"{LOCK}.takeover"
+    guard.write_text("")
+    old = time.time() - 60
+    os.utime(guard, (old, old))
+    result, log, _ = run(laptop)
+    assert "took over" in log and result.attempts == 1
+    assert not guard.exists() and not (git_dir / LOCK).exists()
+
+
+def test_a_lock_with_our_own_pid_is_stale(pair: tuple[Path, Path]) -> None:
+    # In a container a sync often gets the same small pid as the one killed before it.
+    laptop, _ = pair
+    (laptop / ".git" / LOCK).write_text(f"{os.getpid()}\n")
+    result, log, _ = run(laptop)
+    assert f"from sync pid {os.getpid()}" in log and result.attempts == 1
+
+
+def test_a_lock_taken_meanwhile_is_not_broken(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    lock = laptop / ".git" / LOCK
+    lock.write_text("99999999\n")
+    sync_module._break_stale(lock, 12345, io.StringIO())  # not the pid it holds now
+    assert lock.read_text() == "99999999\n"
+    assert sync_module._stale(laptop / "no-such-lock", None)  # vanished: free
+    lock.write_bytes(b"\xff\xfe")
+    assert sync_module._holder(lock) is None
+
+
+def test_process_checks_where_the_answer_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sync_module._stat(Path("/no/such/proc/stat")) is None
+    assert not sync_module._group_gone(None)
+    assert not sync_module._group_gone(os.getpgrp())
+
+    def forbidden(pid: int, signal: int) -> None:
+        raise PermissionError(pid)
+
+    monkeypatch.setattr(os, "kill", forbidden)
+    monkeypatch.setattr(os, "killpg", forbidden)
+    assert sync_module._alive(1)  # someone else's process: alive
+    assert not sync_module._group_gone(999999)
+
+
+def test_an_unreadable_mark_reads_as_empty(tmp_path: Path) -> None:
+    assert sync_module._read_mark(tmp_path) == {}  # a folder, not a file
+
+
+def test_a_mark_without_a_rebase_is_just_removed(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    mark = laptop / ".git" / REBASE_MARK
+    mark.write_text("pid 1 pgid 1\n")
+    result, log, _ = run(laptop)
+    assert not mark.exists() and "aborted" not in log
+    assert result.commit is None
+
+
+def test_only_this_rebases_temp_files_are_removed(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    old, new = laptop / ".merge_file_old123", laptop / ".merge_file_new456"
+    old.write_text("a merge of someone else's, long ago")
+    new.write_text("ours")
+    past = time.time() - 600
+    os.utime(old, (past, past))
+    clone = sync_module.Clone(laptop, laptop / ".git", laptop / ".git", {}, "origin", "", "main")
+    sync_module.remove_merge_temps(clone, since=time.time() - 5)
+    assert old.exists() and not new.exists()
+    assert sync_module.read_blobs(clone, []) == []
+
+
+def test_a_timeout_is_transient_and_other_git_errors_are_not() -> None:
+    class Failing(NamedTuple):
+        returncode: int
+
+        def git(self, *args: str, **options: object) -> object:
+            raise GitError("boom", returncode=self.returncode)
+
+    with pytest.raises(Transient, match="git fetch timed out after 3s"):
+        sync_module._network(Failing(-1), "fetch", timeout=3)  # type: ignore[arg-type]
+    with pytest.raises(GitError, match="boom"):
+        sync_module._network(Failing(0), "fetch", timeout=3)  # type: ignore[arg-type]
+
+
+def test_unchanged_paths_make_no_commit(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    before = gitrepo.head(laptop)
+    result, log, _ = run(laptop, paths=[Path("memory.jsonl")])
+    assert result.commit is None and gitrepo.head(laptop) == before
+    assert "committed" not in log
+
+
+def test_a_clone_with_no_commits_and_nothing_to_commit_has_nothing_to_push(
+    tmp_path: Path, origin: Path
+) -> None:
+    fresh = gitrepo.init_repo(tmp_path / "fresh")
+    gitrepo.git(fresh, "remote", "add", "origin", str(origin))
+    result, log, _ = run(fresh)
+    assert result.commit is None and "nothing to push" in log
+
+
+def test_a_new_clone_of_its_own_history_merges_into_the_remote(
+    tmp_path: Path, origin: Path
+) -> None:
+    # `git init`, point at the remote, write memory, sync: unrelated histories,
+    # so both sides added memory.jsonl and the driver merges them.
+    fresh = gitrepo.init_repo(tmp_path / "fresh")
+    gitrepo.git(fresh, "remote", "add", "origin", str(origin))
+    (fresh / "memory.jsonl").write_bytes(memory("newcomer"))
+    result, _, _ = run(fresh)
+    assert result.commit is not None
+    assert names_on(origin) == {*SEED, "newcomer"}
+
+
+def test_a_push_that_repairs_a_damaged_remote_file_is_allowed(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    damaged = memory(*SEED) + b"\n<<<<<<< HEAD\n=======\n>>>>>>> theirs"
+    gitrepo.commit_file(laptop, "memory.jsonl", damaged, "a bad text merge")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "pull", "--quiet", "--ff-only")
+    (server / "memory.jsonl").write_bytes(memory("alice"))  # "deletes" from a file of 0 records
+    result, _, _ = run(server)
+    assert result.commit is not None and names_on(origin) == {"alice"}

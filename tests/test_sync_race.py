@@ -247,4 +247,33 @@ def test_a_sync_killed_while_rebasing_leaves_a_rebase_the_next_aborts(
     assert done.returncode == 0, stderr
     assert "aborted the rebase an interrupted sync left" in stderr
     assert not (second / ".git" / "rebase-merge").exists()
+    assert gitrepo.git(second, "status", "--porcelain") == ""  # no .merge_file_* left
     check_landed(remote, 2, [subprocess.CompletedProcess([], 0, "", stderr)])
+
+
+def test_an_interrupted_sync_aborts_its_rebase_itself(tmp_path: Path, remote: Path) -> None:
+    seed_remote(remote, tmp_path)
+    first, second = writers(str(remote), tmp_path, 2)
+    started = tmp_path / "driver-started"
+    for clone, text in ((first, "first\n"), (second, "second\n")):
+        gitrepo.write(clone, ".git/info/attributes", b"notes.txt merge=slow\n")
+        gitrepo.git(clone, "config", "merge.slow.driver", f"touch '{started}'; sleep 60")
+        gitrepo.commit_file(clone, "notes.txt", text.encode())
+    assert gitrepo.cli("sync", "--repo", str(first)).returncode == 0
+    before = gitrepo.head(second)
+
+    process = subprocess.Popen(
+        [*gitrepo.CLI, "sync", "--repo", str(second)], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for(started)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert stderr.decode().splitlines()[-1] == "crdt-merge-driver: interrupted"
+    assert not (second / ".git" / "rebase-merge").exists()
+    assert not (second / ".git" / REBASE_MARK).exists()
+    assert not (second / ".git" / LOCK).exists()
+    assert gitrepo.head(second) != before  # its memory commit is there, on top
+    assert gitrepo.git(second, "log", "-1", "--format=%s").startswith("memory: sync")
+    assert gitrepo.git(second, "status", "--porcelain") == ""
