@@ -13,11 +13,13 @@ exits. Two methods run in the same process, one after the other, for each N:
   merge=union`` in ``.gitattributes``, the loop the older backup scripts
   used.
 
-Afterwards the remote's ``memory.jsonl`` is read: entities lost (a writer's
-entity missing), duplicate lines (one entity name on several lines, which
-the memory server loads as two entities) and writers that failed (exit
-non-zero, i.e. out of attempts). Attempts per writer come from sync's final
-line, or from the naive loop's counter.
+Each writer also adds an observation to one shared seed entity, in place.
+Afterwards the remote's ``memory.jsonl`` is read: lost (a writer's entity,
+or its observation on the shared entity, missing), duplicate lines (one
+entity name on several lines, which the memory server loads as two
+entities) and writers that failed (exit non-zero, i.e. out of attempts).
+Attempts per writer come from sync's final line, or from the naive loop's
+counter.
 
 Targets (issue 3): 0 lost, always; with 32 writers sync lands all no slower
 than the naive loop in the same run; 64 writers in under 15 s. Exit 0 when
@@ -101,13 +103,23 @@ def seed() -> tuple[list[bytes], list[bytes]]:
     return entities, relations
 
 
+def seen_by(index: int) -> str:
+    return f"seen by writer {index}"
+
+
 def writer_names(index: int) -> list[str]:
     return [f"writer-{index:02d}-{j}" for j in range(ENTITIES_PER_WRITER)]
 
 
 def memory_of(index: int) -> bytes:
-    """What writer ``index``'s memory server saves: the seed plus its own entities."""
+    """What writer ``index``'s memory server saves: the seed, its own entities, one observation.
+
+    Besides its own entities, every writer adds an observation to the first
+    seed entity, in place, as the server's add_observations does: the edit
+    that concurrent agents make to a shared entity.
+    """
     entities, relations = seed()
+    entities[0] = entity("seed-00", "seed", ["seeded as seed-00", seen_by(index)])
     own = writer_names(index)
     entities += [entity(name, "note", [f"learned by writer {index}"]) for name in own]
     relations += [relation(own[0], "seed-00")]
@@ -185,15 +197,22 @@ def _attempts(method: str, out: bytes, err: bytes) -> int:
 
 
 def _count(data: bytes, writers: int) -> tuple[int, int]:
-    names = Counter(
-        str(record["name"])
-        for line in data.splitlines() if line.strip() and not line.startswith(b"<<<")
-        for record in [_load(line)] if record.get("type") == "entity"
-    )  # fmt: skip
+    """Duplicate entity lines, and entities or observations of some writer missing."""
+    records = [record for line in data.splitlines() if line.strip()
+               for record in [_load(line)] if record.get("type") == "entity"]  # fmt: skip
+    names = Counter(str(record["name"]) for record in records)
+    seen = {str(observation) for record in records if record["name"] == "seed-00"
+            for observation in _list(record.get("observations"))}  # fmt: skip
     expected = {f"seed-{i:02d}" for i in range(SEED_ENTITIES)}
     expected |= {name for index in range(writers) for name in writer_names(index)}
     duplicates = sum(count - 1 for count in names.values() if count > 1)
-    return duplicates, len(expected - names.keys())
+    lost = len(expected - names.keys())
+    lost += sum(seen_by(index) not in seen for index in range(writers))
+    return duplicates, lost
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def _load(line: bytes) -> dict[str, object]:
@@ -218,7 +237,7 @@ def table(results: Sequence[Sequence[Outcome]]) -> str:
     """One row per method and N; with repeats, the median wall time and its range."""
     rows = [
         "| writers | method | wall time (s) | failed writers | attempts median | attempts max "
-        "| duplicate lines | entities lost |",
+        "| duplicate lines | lost |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for runs in results:
