@@ -29,6 +29,7 @@ def write_atomic(
     *,
     mode: int | None = None,
     expect: bytes | None = None,
+    durable: bool = True,
 ) -> None:
     """Replace ``path`` with ``data`` (bytes, or chunks), keeping its mode (or ``mode``).
 
@@ -36,6 +37,10 @@ def write_atomic(
     (checked after the new file is on disk, just before the rename, to keep
     the window for a concurrent writer as small as it can be); otherwise
     raise `ChangedMeanwhile` and leave it alone.
+
+    ``durable=False`` skips flushing to disk (fsync), which costs more than a
+    small merge: for a file that only matters while its writer's caller is
+    alive, where atomicity is what counts, not surviving a power cut.
     """
     path = os.fspath(path)
     if mode is None:
@@ -51,7 +56,8 @@ def write_atomic(
                 stream.writelines(data)
             stream.flush()
             os.fchmod(stream.fileno(), mode)
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
         if expect is not None and _read_or_none(path) != expect:
             raise ChangedMeanwhile(path)
         os.replace(temp, path)
@@ -59,7 +65,8 @@ def write_atomic(
         if os.path.lexists(temp):
             os.unlink(temp)
         raise
-    _sync_folder(folder or ".")
+    if durable:
+        _sync_folder(folder or ".")
 
 
 def _read_or_none(path: str) -> bytes | None:

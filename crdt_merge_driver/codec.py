@@ -317,9 +317,8 @@ def _walk(base: Document, data: Buffer) -> Side:
             last = min(expected + stride, count) - 1
             base_start, base_end = base_starts[expected], base_ends[last]
             block_end = position + base_end - base_start
-            if data[position:block_end] == base_data[base_start:base_end] and (
-                block_end == size or data[block_end] in _LINE_ENDS
-            ):
+            ours, theirs = data[position:block_end], base_data[base_start:base_end]
+            if ours == theirs and (block_end == size or data[block_end] in _LINE_ENDS):
                 same[expected : last + 1] = _ONES[: last + 1 - expected]
                 expected = last + 1
                 stop = find(b"\n", block_end)
@@ -327,7 +326,9 @@ def _walk(base: Document, data: Buffer) -> Side:
                 stride = min(stride * 2, _MAX_STRIDE)
                 continue
             if stride > 1:
-                stride = 1
+                # The block differs somewhere: halve it until a block matches
+                # (or one line is left, which is then read on its own).
+                stride //= 2
                 continue
         stop = find(b"\n", position)
         if stop < 0:
@@ -514,34 +515,22 @@ def _reindent(line: bytes, unit: bytes) -> bytes:
 
 
 def choose_style(base: Style, ours: Style, theirs: Style) -> Style:
-    """The layout of a merge, field by field: the ancestor's, if it shows one.
+    """The layout of a merge: the ancestor's; where it shows none, the server's.
 
-    A merge is laid out like its ancestor (so a CRLF repository stays CRLF);
-    only where the ancestor shows nothing (it is empty, or one line with no
-    line break) do the sides decide: what they agree on, a side that shows
-    nothing agreeing with anything. Why not let a side's change of layout
-    win: a small merge result shows nothing of its layout either, so the
-    layout of merging three versions would depend on the order they were
-    merged in. Change the layout in a commit both sides share.
+    So a CRLF repository stays CRLF. The sides are not asked: a small merge
+    result shows nothing of its layout (one line has no line break, an empty
+    file has no final newline), so letting a side's layout count would make
+    the merge of three versions depend on the order they were merged in. The
+    format alone is never lost that way, so for an empty ancestor it is what
+    the sides agree on.
     """
-    return Style(
-        _layout(base.format, ours.format, theirs.format),
-        _layout(base.newline, ours.newline, theirs.newline),
-        _layout(base.final_newline, ours.final_newline, theirs.final_newline),
-        _layout(base.indent, ours.indent, theirs.indent),
-    )
-
-
-def _layout(base: _T | None, ours: _T | None, theirs: _T | None) -> _T | None:
-    if base is not None:
+    if base.format is not None:
         return base
-    if ours is None or ours == theirs:
-        return theirs
-    return ours if theirs is None else None
+    return agreed_style([ours, theirs])
 
 
 def agreed_style(styles: Iterable[Style]) -> Style:
-    """The layout of a join: the format all files share (else JSONL), laid out as the server does.
+    """The layout of a join: the format the files share (else JSONL), laid out as the server does.
 
     A join has no ancestor to take a layout from, and a small result shows
     nothing of its line breaks, so taking them from the inputs would make

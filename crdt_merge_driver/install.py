@@ -66,9 +66,12 @@ class _Block(NamedTuple):
 
 def driver_command() -> str:
     # The absolute interpreter, so that cron, CI and GUI clients without the
-    # virtualenv on PATH still find the package.
+    # virtualenv on PATH still find the package. -I (isolated): git runs the
+    # driver from the top of the work tree, and without -I python would put
+    # that folder first on sys.path, so a file committed to the memory
+    # repository (say, orjson.py) could run as code. It also starts faster.
     python = shlex.quote(sys.executable)
-    return f"{python} -m crdt_merge_driver merge --marker-size %L %O %A %B %P"
+    return f"{python} -I -m crdt_merge_driver merge --marker-size %L %O %A %B %P"
 
 
 def install(*, repo: Path, scope_global: bool, patterns: list[str] | None, name: str) -> list[str]:
@@ -336,9 +339,9 @@ def diagnose_interpreter(top: Path, name: str, driver: str, fix: str) -> str:
         argv = shlex.split(driver)
     except ValueError:
         argv = []
-    if argv[1:3] != ["-m", "crdt_merge_driver"]:
+    if argv[1:3] != ["-m", "crdt_merge_driver"] and argv[1:4] != ["-I", "-m", "crdt_merge_driver"]:
         return (
-            f"problem: merge.{name}.driver does not run `<python> -m crdt_merge_driver`; "
+            f"problem: merge.{name}.driver does not run `<python> -I -m crdt_merge_driver`; "
             f"run `{fix}` to replace it"
         )
     python = shutil.which(argv[0])
@@ -350,7 +353,7 @@ def diagnose_interpreter(top: Path, name: str, driver: str, fix: str) -> str:
     # Run it the way git will: from the top of the work tree.
     try:
         imported = subprocess.run(
-            [python, "-c", "import crdt_merge_driver"],
+            [python, "-I", "-c", "import crdt_merge_driver"],
             cwd=top, capture_output=True, timeout=_IMPORT_TIMEOUT, check=False,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as error:

@@ -56,7 +56,7 @@ def test_install_writes_the_three_keys_and_the_attribute_lines(tmp_path: Path) -
     description = "CRDT merge of AI-agent memory files (crdt-merge-driver)"
     assert config(repo, f"merge.{NAME}.name") == description
     assert config(repo, f"merge.{NAME}.driver") == (
-        f"{shlex.quote(sys.executable)} -m crdt_merge_driver merge --marker-size %L %O %A %B %P"
+        f"{shlex.quote(sys.executable)} -I -m crdt_merge_driver merge --marker-size %L %O %A %B %P"
     )
     assert config(repo, f"merge.{NAME}.recursive") == NAME
     created_marker = f"{MARKER} (and this file, which install created)"
@@ -77,7 +77,7 @@ def test_driver_command_quotes_an_interpreter_path_with_spaces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sys, "executable", "/opt/my tools/bin/python")
-    assert driver_command().startswith("'/opt/my tools/bin/python' -m crdt_merge_driver merge ")
+    assert driver_command().startswith("'/opt/my tools/bin/python' -I -m crdt_merge_driver merge ")
 
 
 def test_install_twice_changes_nothing(tmp_path: Path) -> None:
@@ -414,7 +414,7 @@ def test_doctor_flags_a_command_that_is_not_the_driver(tmp_path: Path, command: 
     write_driver(repo, command)
 
     assert problems(repo) == [
-        f"problem: merge.{NAME}.driver does not run `<python> -m crdt_merge_driver`; "
+        f"problem: merge.{NAME}.driver does not run `<python> -I -m crdt_merge_driver`; "
         f"run `crdt-merge-driver install --repo {repo}` to replace it"
     ]
 
@@ -429,7 +429,7 @@ def test_doctor_flags_a_foreign_command_and_a_foreign_recursive_driver(tmp_path:
 
     fix = f"crdt-merge-driver install --repo {repo} --name mine"
     assert found[1] == (
-        f"problem: merge.mine.driver does not run `<python> -m crdt_merge_driver`; run `{fix}` "
+        f"problem: merge.mine.driver does not run `<python> -I -m crdt_merge_driver`; run `{fix}` "
         "to replace it"
     )
     assert found[2] == (
