@@ -133,7 +133,8 @@ def retrying(
         stop=tenacity.stop_after_attempt(attempts) | _StopAtDeadline(deadline, clock),
         wait=tenacity.wait_random_exponential(
             multiplier=WAIT_FIRST, max=WAIT_MAX, exp_base=WAIT_GROWTH
-        ) + _WaitForLoad(WAIT_LOAD, WAIT_LOAD_MAX),
+        )
+        + _WaitForLoad(WAIT_LOAD, WAIT_LOAD_MAX),
         sleep=sleep,
         before_sleep=report,
         reraise=True,

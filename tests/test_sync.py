@@ -225,9 +225,7 @@ def test_transient_failures_are_retried(name: str) -> None:
     assert verdict.retry, verdict
 
 
-@pytest.mark.parametrize(
-    "name", [name for name in fixture_names("fatal") if "rebase" not in name]
-)
+@pytest.mark.parametrize("name", [name for name in fixture_names("fatal") if "rebase" not in name])
 def test_permanent_failures_are_fatal(name: str) -> None:
     verdict = classify((FIXTURES / f"{name}.txt").read_text())
     assert not verdict.retry, verdict
@@ -447,9 +445,12 @@ def test_the_repositorys_own_attributes_still_win(pair: tuple[Path, Path], origi
     run(laptop, paths=[Path("memory.jsonl")])
     # merge=binary is not the driver: not committed by default, and not merged
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
-    assert sync_module.memory_changes(
-        sync_module.Clone(server, server / ".git", server / ".git", {}, "origin", "", "main")
-    ) == []
+    assert (
+        sync_module.memory_changes(
+            sync_module.Clone(server, server / ".git", server / ".git", {}, "origin", "", "main")
+        )
+        == []
+    )
     gitrepo.commit(server, "frank", "memory.jsonl")
     with pytest.raises(GitError, match=r"stopped on a conflict in memory\.jsonl"):
         run(server)
@@ -682,9 +683,12 @@ def test_a_token_in_the_url_is_never_shown(pair: tuple[Path, Path], scheme: str)
 
 
 def test_redact_keeps_everything_but_the_credentials() -> None:
-    assert sync_module.redact(
-        "fatal: unable to look up ci:tok@host.example (port 9418); https://u:p@h/x.git, a:b c@d"
-    ) == "fatal: unable to look up host.example (port 9418); https://h/x.git, a:b c@d"
+    assert (
+        sync_module.redact(
+            "fatal: unable to look up ci:tok@host.example (port 9418); https://u:p@h/x.git, a:b c@d"
+        )
+        == "fatal: unable to look up host.example (port 9418); https://h/x.git, a:b c@d"
+    )
 
 
 # --- where sync cannot start ---------------------------------------------------------------
@@ -835,7 +839,7 @@ def test_without_an_identity_sync_commits_as_itself(
     # CI: no user.name or user.email anywhere, and no guessing from the host name.
     (hermetic_seal / ".gitconfig").write_text(
         "[user]\n\tuseConfigOnly = true\n[init]\n\tdefaultBranch = main\n"
-        "[protocol \"file\"]\n\tallow = always\n"
+        '[protocol "file"]\n\tallow = always\n'
     )
     laptop, server = pair
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))

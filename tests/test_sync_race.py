@@ -121,7 +121,6 @@ def test_thirty_two_writers_at_once_all_land(
     run_race(remote, str(remote), tmp_path, 32)
 
 
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``git daemon`` on 127.0.0.1 serving (and accepting pushes to) one bare remote."""
@@ -138,7 +137,9 @@ def daemon(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 10
-        while gitrepo.git_result(base, "ls-remote", f"git://127.0.0.1:{port}/memory.git").returncode:
+        while gitrepo.git_result(
+            base, "ls-remote", f"git://127.0.0.1:{port}/memory.git"
+        ).returncode:
             assert time.monotonic() < deadline, "git daemon did not start"
             time.sleep(0.05)
         yield f"git://127.0.0.1:{port}/memory.git", remote
@@ -147,9 +148,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         process.wait(timeout=10)
 
 
-def test_ten_writers_over_git_daemon_all_land(
-    tmp_path: Path, daemon: tuple[str, Path]
-) -> None:
+def test_ten_writers_over_git_daemon_all_land(tmp_path: Path, daemon: tuple[str, Path]) -> None:
     url, remote = daemon
     seed_remote(remote, tmp_path)
     done = race(writers(url, tmp_path, 10), tmp_path)
@@ -198,9 +197,7 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def test_a_sync_killed_while_pushing_is_finished_by_the_next(
-    tmp_path: Path, remote: Path
-) -> None:
+def test_a_sync_killed_while_pushing_is_finished_by_the_next(tmp_path: Path, remote: Path) -> None:
     seed_remote(remote, tmp_path)
     [clone] = writers(str(remote), tmp_path, 1)
     started = tmp_path / "hook-started"
