@@ -466,6 +466,18 @@ def recover(clone: Clone, log: TextIO) -> None:
     mark.unlink(missing_ok=True)
 
 
+def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
+    """Abort a rebase a killed sync left in ``repo``, under sync's lock.
+
+    `sync` does this itself; this is for callers (backup) that look at HEAD
+    before they call `sync`, and would otherwise find it detached mid-rebase.
+    """
+    top = install.find_toplevel(repo)
+    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    with lock(git_dir, log):
+        recover(Clone(top, git_dir, git.find_common_dir(top), {}, "", "", ""), log)
+
+
 def _read_mark(path: Path) -> dict[str, int]:
     try:
         words = path.read_text().split()

@@ -761,6 +761,26 @@ def test_a_rebase_left_by_a_killed_sync_is_aborted_first(
     assert not (server / ".git" / REBASE_MARK).exists()
 
 
+def test_a_caller_can_recover_before_looking_at_head(pair: tuple[Path, Path]) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "notes.txt", b"laptop\n")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "notes.txt", b"server\n")
+    own = gitrepo.head(server)
+    gitrepo.git(server, "fetch", "--quiet")
+    gitrepo.git_result(server, "rebase", "origin/main")
+    (server / ".git" / REBASE_MARK).write_text("pid 99999999\n")
+    assert gitrepo.git_result(server, "symbolic-ref", "HEAD").returncode != 0  # detached
+
+    log = io.StringIO()
+    sync_module.recover_interrupted(repo=server, log=log)
+    assert "aborted the rebase an interrupted sync left" in log.getvalue()
+    assert gitrepo.git(server, "symbolic-ref", "--short", "HEAD").strip() == "main"
+    assert gitrepo.head(server) == own and not rebasing(server)
+    assert not (server / ".git" / LOCK).exists()
+    sync_module.recover_interrupted(repo=server, log=log)  # nothing left: a no-op
+
+
 def test_an_index_lock_left_by_a_killed_sync_is_removed_once_its_group_is_gone(
     pair: tuple[Path, Path], origin: Path
 ) -> None:
