@@ -23,9 +23,11 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple, TextIO
+
+import orjson
 
 from crdt_merge_driver import git, install, sync
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
@@ -33,15 +35,18 @@ from crdt_merge_driver.clock import HybridClock
 from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
 from crdt_merge_driver.live import machine_version, records_of, server_form, stamps_in
 from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.record import Key, Record
 
 PROGRAM = "crdt-merge-driver"
 DEFAULT_AS = "memory.jsonl"
 SYNCED_REFS = "refs/crdt-merge-driver/synced/"
+OWN_REFS = "refs/crdt-merge-driver/own/"
 HOST_VARIABLE = "CRDT_MERGE_DRIVER_HOST"
 # The server writes after every tool call; give up (nothing lost) after this
 # many rounds in which it wrote between our read and our restore.
 ROUNDS = 5
 BACKUP_LOCK = "crdt-merge-driver-backup.lock"
+_FETCH_TIMEOUT = 60.0
 
 
 class BackupError(CrdtError):
@@ -64,10 +69,12 @@ class _Place(NamedTuple):
     branch: str
     env: Mapping[str, str]
 
-    def git(self, *args: str, stdin: bytes | None = None, check: bool = True,
-            env: Mapping[str, str] | None = None) -> git.Result:  # fmt: skip
+    def git(
+        self, *args: str, stdin: bytes | None = None, check: bool = True,
+        env: Mapping[str, str] | None = None, timeout: float | None = None,
+    ) -> git.Result:  # fmt: skip
         return git.run(*args, cwd=self.top, env={**self.env, **(env or {})}, stdin=stdin,
-                       check=check)  # fmt: skip
+                       check=check, timeout=timeout)  # fmt: skip
 
     def rev(self, name: str) -> str | None:
         result = self.git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
@@ -83,15 +90,18 @@ class _Place(NamedTuple):
         self, *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO
     ) -> None:
         """Land the local commits on the remote branch (the file itself is already committed)."""
+        # Only the file backup committed; a clone that has none yet (a restore
+        # before any backup) has nothing to commit at all.
+        mine = [Path(self.as_path)] if (self.top / self.as_path).exists() else []
         sync.sync(
-            repo=self.top, remote=self.remote, branch=self.branch, paths=[Path(self.as_path)],
+            repo=self.top, remote=self.remote, branch=self.branch, paths=mine,
             attempts=attempts, deadline=deadline, sleep=sleep, log=log,
         )  # fmt: skip
 
-    @property
-    def synced_ref(self) -> str:
+    def ref(self, *, own: bool = False) -> str:
+        """The last-sync point (what the live file reflects), or this machine's last own version."""
         digest = hashlib.sha256(self.as_path.encode()).hexdigest()[:24]
-        return SYNCED_REFS + digest
+        return (OWN_REFS if own else SYNCED_REFS) + digest
 
 
 def backup(
@@ -110,16 +120,20 @@ def backup(
     """Back up the live file, merge it with what the others pushed, and restore the result."""
     machine = host or os.environ.get(HOST_VARIABLE) or socket.gethostname()
     with _place(memory, repo, as_path, log) as place:
-        base = place.rev(place.synced_ref)
         for round_number in range(1, ROUNDS + 1):
             live = _read_live(place.memory)
             _fetch(place)
-            ours = _commit_machine_version(place, base, live, HybridClock(machine, wall=wall))
+            base = _base(place, live, log)
+            clock = HybridClock(machine, wall=wall)
+            ours = _commit_machine_version(place, base, live, clock, machine=machine)
             _integrate(place, ours)
+            # From here the live file (as read) is this commit, whatever happens
+            # next: a later backup builds on it, so a deletion made after a
+            # failed push is a deletion, not an echo of this commit.
+            _move(place, ours, own=True)
             place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
             tip = _head(place)
             if not restore:
-                _move_synced(place, ours)
                 _say(log, f"backed up {place.memory} as {place.as_path} ({ours[:12]})")
                 return BackupResult(ours, round_number)
             try:
@@ -127,9 +141,8 @@ def backup(
             except ChangedMeanwhile:
                 _say(log, f"the memory server wrote {place.memory} meanwhile; again, round "
                           f"{round_number + 1}")  # fmt: skip
-                base = ours  # the next round builds on what this one committed
                 continue
-            _move_synced(place, tip)
+            _move(place, tip)
             _say(log, f"backed up and restored {place.memory} at {tip[:12]}")
             return BackupResult(tip, round_number)
     raise RefusedError(
@@ -155,7 +168,7 @@ def restore(
         if place.blob(tip) is None:
             raise BackupError(f"nothing to restore: {place.as_path} is not in {place.top} yet")
         current = _read_or_none(place.memory)
-        if current is not None and not _restorable(place, current, tip):
+        if current is not None and not _restorable(place, _records_in(place.memory, current), tip):
             raise RefusedError(
                 f"{place.memory} has memory that is not backed up yet; run "
                 f"`{PROGRAM} backup` instead (it merges, where restore would overwrite)"
@@ -167,7 +180,7 @@ def restore(
                 f"the memory server wrote {place.memory} while restoring; it was left alone: "
                 "run restore (or backup) again"
             ) from None
-        _move_synced(place, tip)
+        _move(place, tip)
         _say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}")
         return BackupResult(tip, 1)
 
@@ -190,8 +203,22 @@ def _place(
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     remote = _remote(top)
     with sync.lock(git_dir, log, name=BACKUP_LOCK), sync.driver_environment(top, git_dir) as env:
+        # A backup killed mid-rebase leaves HEAD detached: clear that first.
+        sync.recover_interrupted(repo=top, log=log)
+        _check_idle(top, git_dir)
         branch = _branch(top)
         yield _Place(live, top, git_dir, as_path or DEFAULT_AS, remote, branch, env)
+
+
+_BUSY = {"MERGE_HEAD": "a merge", "CHERRY_PICK_HEAD": "a cherry-pick", "REVERT_HEAD": "a revert",
+         "rebase-merge": "a rebase", "rebase-apply": "a rebase"}  # fmt: skip
+
+
+def _check_idle(top: Path, git_dir: Path) -> None:
+    """Refuse to start in the middle of the user's own merge (backup merges, and may abort)."""
+    for name, what in _BUSY.items():
+        if (git_dir / name).exists():
+            raise BackupError(f"{what} is in progress in {top}: finish or abort it, then back up")
 
 
 def _live_path(memory: Path | None) -> Path:
@@ -228,11 +255,15 @@ def _read_live(memory: Path) -> bytes:
         data = memory.read_bytes()
     except FileNotFoundError:
         raise BackupError(f"memory file {memory} does not exist") from None
+    _records_in(memory, data)
+    return data
+
+
+def _records_in(memory: Path, data: bytes) -> dict[Key, Record]:
     try:
-        records_of(data)
+        return records_of(data)
     except InputError as error:
         raise BackupError(f"{memory} is not a memory file: {error.located(str(memory))}") from None
-    return data
 
 
 def _read_or_none(memory: Path) -> bytes | None:
@@ -245,30 +276,61 @@ def _read_or_none(memory: Path) -> bytes | None:
 def _fetch(place: _Place) -> None:
     # Best effort: the stamps already pushed make this machine's clock move past
     # them; sync fetches again (and retries) before it pushes.
-    place.git("fetch", "--quiet", place.remote, check=False)
+    with suppress(GitError):
+        place.git("fetch", "--quiet", place.remote, check=False, timeout=_FETCH_TIMEOUT)
+
+
+def _base(place: _Place, live: bytes, log: TextIO) -> str | None:
+    """What the live file was last made from: the last-sync point, as a rule.
+
+    The exception: a tool call that read the live file before a restore
+    replaced it, and saved after, puts the server's older view back. Then
+    none of what the restore brought is in the live file, and building on
+    the last-sync point would delete it all; building on this machine's own
+    last version does not.
+    """
+    synced, own = place.rev(place.ref()), place.rev(place.ref(own=True))
+    if synced is None or own is None or own == synced:
+        return synced
+    restored, before = records_of(place.blob(synced) or b""), records_of(place.blob(own) or b"")
+    brought = [key for key in restored.keys() | before.keys()
+               if _server_view(restored.get(key)) != _server_view(before.get(key))]  # fmt: skip
+    if not brought:
+        return synced
+    now = records_of(live)
+    seen = any(_server_view(now.get(key)) == _server_view(restored.get(key)) for key in brought)
+    if seen:
+        return synced
+    _say(log, f"the last restore of {place.memory} was overwritten by the memory server; "
+              "backing up on top of this machine's previous backup instead")  # fmt: skip
+    return own
+
+
+def _server_view(value: Record | None) -> bytes | None:
+    return None if value is None else server_form(orjson.dumps(value))
 
 
 def _commit_machine_version(
-    place: _Place, base: str | None, live: bytes, clock: HybridClock
+    place: _Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str
 ) -> str:
     """A commit holding this machine's version of the file, on top of ``base``."""
     tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
-    head = _head_or_none(place)
+    head = _head_or_none(place) or tracking
     for seen in (place.blob(tracking), place.blob(head)):
         if seen:
             clock.observe(stamps_in(records_of(seen).values()))
-    previous = place.blob(base) or b""
-    version = machine_version(previous, live, clock)
-    parent = base
-    if base is None:
-        # A first backup has no point of last sync: it may only add, so its
-        # version is the add/add merge (empty ancestor) with what is here.
-        parent = head
-        version, _ = merge_bytes(b"", place.blob(head) or b"", version)
-    return _commit_file(place, parent, version)
+    if base is not None:
+        version = machine_version(place.blob(base) or b"", live, clock)
+        return _commit_file(place, base, version, machine=machine)
+    # A first backup has no point of last sync: it may only add. Its version
+    # adopts what the repository already says of a record, and merges with it
+    # as add/add (an empty ancestor), so nothing there is deleted or undone.
+    here = place.blob(head) or b""
+    version, _ = merge_bytes(b"", here, machine_version(here, live, clock, adopt=True))
+    return _commit_file(place, head, version, machine=machine)
 
 
-def _commit_file(place: _Place, parent: str | None, data: bytes) -> str:
+def _commit_file(place: _Place, parent: str | None, data: bytes, *, machine: str) -> str:
     index = place.git_dir / f"crdt-merge-driver-backup.{os.getpid()}.index"
     scratch = {"GIT_INDEX_FILE": str(index)}
     try:
@@ -280,17 +342,13 @@ def _commit_file(place: _Place, parent: str | None, data: bytes) -> str:
         tree = place.git("write-tree", env=scratch).stdout.decode().strip()
     finally:
         index.unlink(missing_ok=True)
-    message = f"backup {place.as_path} from {socket.gethostname()}"
+    message = f"backup {place.as_path} from {machine}"
     parents = ["-p", parent] if parent else []
     return place.git("commit-tree", tree, *parents, "-m", message).stdout.decode().strip()
 
 
 def _integrate(place: _Place, commit: str) -> None:
     """Merge the machine's commit into the branch (the driver merges the file)."""
-    if _head_or_none(place) is None:
-        place.git("update-ref", f"refs/heads/{place.branch}", commit)
-        place.git("checkout", "--quiet", place.branch, "--", place.as_path)
-        return
     result = place.git("merge", "--quiet", "--no-edit", commit, check=False)
     if result.returncode != 0:
         place.git("merge", "--abort", check=False)
@@ -302,6 +360,12 @@ def _integrate(place: _Place, commit: str) -> None:
 
 def _head(place: _Place) -> str:
     head = _head_or_none(place)
+    tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
+    if head is None and tracking is not None:
+        # A clone made before anything was pushed: its branch is still unborn,
+        # and there is nothing of its own to keep. Take the remote's.
+        place.git("merge", "--quiet", tracking)
+        head = _head_or_none(place)
     if head is None:
         raise BackupError(f"{place.top} has no commits on {place.branch} after syncing")
     return head
@@ -311,13 +375,14 @@ def _head_or_none(place: _Place) -> str | None:
     return place.rev("HEAD")
 
 
-def _restorable(place: _Place, current: bytes, tip: str) -> bool:
+def _restorable(place: _Place, current: dict[Key, Record], tip: str) -> bool:
     """Restoring loses nothing: the live file is empty, what was last synced, or the tip."""
-    if not records_of(current):
+    if not current:
         return True
-    synced = place.blob(place.rev(place.synced_ref))
+    view = server_form(b"\n".join(orjson.dumps(value) for value in current.values()))
+    synced = place.blob(place.rev(place.ref()))
     candidates = [data for data in (synced, place.blob(tip)) if data is not None]
-    return any(server_form(data) == server_form(current) for data in candidates)
+    return any(server_form(data) == view for data in candidates)
 
 
 def _write_live(place: _Place, tip: str, *, expect: bytes | None) -> None:
@@ -327,8 +392,11 @@ def _write_live(place: _Place, tip: str, *, expect: bytes | None) -> None:
     write_atomic(place.memory, server_form(merged), expect=expect, mode=mode)
 
 
-def _move_synced(place: _Place, commit: str) -> None:
-    place.git("update-ref", place.synced_ref, commit)
+def _move(place: _Place, commit: str, *, own: bool = False) -> None:
+    """Move the last-sync point (and, for this machine's own version, its ref too)."""
+    place.git("update-ref", place.ref(), commit)
+    if own:
+        place.git("update-ref", place.ref(own=True), commit)
 
 
 def _say(log: TextIO, line: str) -> None:

@@ -144,6 +144,8 @@ def _backup(args: argparse.Namespace) -> int:
         repo=_path(args.repo) if args.repo else None,
         as_path=args.as_path,
         restore=not args.no_restore,
+        attempts=args.attempts,
+        deadline=args.deadline,
     )
     return ExitCode.OK
 
@@ -155,6 +157,8 @@ def _restore(args: argparse.Namespace) -> int:
         memory=_path(args.memory) if args.memory else None,
         repo=_path(args.repo) if args.repo else None,
         as_path=args.as_path,
+        attempts=args.attempts,
+        deadline=args.deadline,
     )
     return ExitCode.OK
 
@@ -180,6 +184,16 @@ def _path(name: str) -> Path:
 
 def _repo(args: argparse.Namespace) -> Path:
     return _path(args.repo) if args.repo else _path(".").absolute()
+
+
+def _retry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attempts", type=int, default=30, help="give up after N push attempts (default 30)"
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=300.0,
+        help="give up retrying after this many seconds (default 300)",
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -250,15 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--remote", default="origin", help="remote to push to (default origin)")
     sync.add_argument("--branch", help="remote branch (default: the current branch)")
     sync.add_argument("-m", "--message", help="commit message")
-    sync.add_argument(
-        "--attempts", type=int, default=30, help="give up after N attempts (default 30)"
-    )
-    sync.add_argument(
-        "--deadline",
-        type=float,
-        default=300.0,
-        help="give up after this many seconds (default 300)",
-    )
+    _retry_options(sync)
     sync.add_argument(
         "--allow-mass-delete",
         action="store_true",
@@ -286,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="PATH_IN_REPO",
             help="the file in the repo (default memory.jsonl)",
         )
+        _retry_options(sub)
         if name == "backup":
             sub.add_argument(
                 "--no-restore",

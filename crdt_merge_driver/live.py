@@ -62,8 +62,16 @@ def _only(value: Record, fields: tuple[str, ...]) -> Record:
     return {name: value[name] for name in fields if name in value}
 
 
-def machine_version(previous: Buffer, live: Buffer, clock: HybridClock) -> bytes:
-    """What this machine commits: ``live`` read against ``previous`` (its last sync)."""
+def machine_version(
+    previous: Buffer, live: Buffer, clock: HybridClock, *, adopt: bool = False
+) -> bytes:
+    """What this machine commits: ``live`` read against ``previous`` (its last sync).
+
+    With ``adopt`` (a first backup, read against the repository's file
+    rather than a last sync), a record the repository has keeps the
+    repository's scalar fields and stamp: a machine that never synced cannot
+    tell its version is newer, so it may only add observations and records.
+    """
     before = records_of(previous)
     clock.observe(stamps_in(before.values()))
     kept: list[Record] = []
@@ -71,6 +79,8 @@ def machine_version(previous: Buffer, live: Buffer, clock: HybridClock) -> bytes
         old = before.get(key)
         if old is None:
             kept.append(_stamped(value, clock) if value.get("type") == "entity" else value)
+        elif adopt:
+            kept.append(_adopted(old, value))
         else:
             kept.append(_carried(old, value, clock))
     kept.extend(value for value in before.values() if value.get("type") not in _SERVER_TYPES)
@@ -88,6 +98,12 @@ def _carried(old: Record, live: Record, clock: HybridClock) -> Record:
     if old.get("type") == "entity" and _scalars(old) != _scalars(merged):
         return _stamped(merged, clock)
     return merged
+
+
+def _adopted(old: Record, live: Record) -> Record:
+    if old.get("type") != "entity" or "observations" not in live:
+        return old
+    return {**old, "observations": live["observations"]}
 
 
 def _server_fields(value: Record) -> Record:

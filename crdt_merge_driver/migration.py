@@ -64,7 +64,9 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
         _say(log, line)
     git.run("add", "--", TARGET, ".gitattributes", cwd=top)
     message = f"migrate: fold {len(sources)} older memory files into {TARGET}"
-    result = git.run("commit", "--quiet", "-m", message, cwd=top, check=False)
+    # Only what migrate changed: anything else the user had staged stays staged.
+    ours = [TARGET, ".gitattributes", *old_tracked]
+    result = git.run("commit", "--quiet", "-m", message, "--", *ours, cwd=top, check=False)
     if result.returncode != 0:
         raise CrdtError(f"{TARGET} is written but not committed: {result.stderr.strip()}")
     commit = git.output("rev-parse", "HEAD", cwd=top)

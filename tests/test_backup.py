@@ -335,11 +335,6 @@ def test_a_machine_offline_for_rounds_gets_everything_and_deletes_only_what_it_d
         assert each.graph() == (entities, relations), each.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore in a clone made before the first backup runs `git add memory.jsonl` on a "
-    "file the clone does not have yet: exit 3, pathspec did not match (sync is handed the path)",
-)
 def test_a_machine_cloned_before_the_first_backup_joins_with_restore(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
@@ -386,11 +381,6 @@ def test_a_first_backup_of_memory_the_repository_never_saw_only_adds(
     assert laptop.graph() == (entities, relations)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a first backup stamps every entity of the live file with the current time, so a "
-    "stale entityType on the new machine beats a newer change already in the repository",
-)
 def test_a_first_backup_does_not_undo_a_type_change_the_repository_has(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
@@ -540,11 +530,6 @@ def test_a_live_file_that_is_not_a_memory_file_is_refused_untouched(
     assert gitrepo.git(remote, "rev-parse", "main") == pushed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore reads a damaged live file unguarded: exit 1 with `input, line 1: "
-    "conflict marker`, which does not name the file",
-)
 def test_restore_over_a_live_file_that_is_not_a_memory_file_names_it(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
@@ -640,12 +625,6 @@ def test_the_live_file_keeps_its_mode_and_gets_the_servers_exact_format(
 # --- faults between two backups ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a backup that fails after merging its commit leaves the last-sync point where it "
-    "was; the next backup builds on that older point, so an entity added before the failure "
-    "and deleted after it looks added by the failed commit and comes back",
-)
 def test_a_deletion_after_a_failed_backup_is_still_a_deletion(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
@@ -664,11 +643,6 @@ def test_a_deletion_after_a_failed_backup_is_still_a_deletion(
     assert "Draft" not in laptop.graph()[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup merges before it checks the clone is idle, and on failure runs "
-    "`git merge --abort`, which aborts the user's own merge in progress",
-)
 def test_backup_leaves_a_merge_in_progress_in_the_clone_alone(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
@@ -692,11 +666,6 @@ def test_backup_leaves_a_merge_in_progress_in_the_clone_alone(
     assert (laptop.clone / "notes.txt").read_bytes() == conflicted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup checks for a checked-out branch before sync's recovery runs, so a rebase "
-    "its own killed sync left makes every later backup exit 2 ('detached HEAD')",
-)
 def test_a_backup_killed_during_its_rebase_is_recovered_by_the_next_backup(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
@@ -726,3 +695,29 @@ def test_a_backup_killed_during_its_rebase_is_recovered_by_the_next_backup(
     assert not (laptop.clone / ".git" / "rebase-merge").exists()
     assert {"From desktop", "After the kill"} <= laptop.graph()[0].keys()
     assert {"From desktop", "After the kill"} <= remote_graph(remote)[0].keys()
+
+
+def test_a_restore_the_server_overwrote_with_its_older_view_deletes_nothing(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # The race no lock can close: a tool call reads the live file, restore
+    # replaces the file, the tool call saves its older view plus its own edit.
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    desktop = machine(tmp_path, remote, memory_server_factory, "desktop")
+    first_memory(laptop.server)
+    laptop.backup()
+    desktop.restore()
+    desktop.server.create_entities([new("From desktop", "note", "learned elsewhere")])
+    desktop.backup()
+    stale_view = laptop.live.read_bytes()  # what a tool call on the laptop read...
+    laptop.backup()  # ...before this restore brought "From desktop"
+    assert "From desktop" in laptop.graph()[0]
+    own_edit = gitrepo.entity("Own edit", "note", ("saved by the slow tool call",))
+    laptop.live.write_bytes(stale_view + b"\n" + own_edit)  # ...which then saves
+
+    laptop.backup()
+
+    entities = remote_graph(remote)[0]
+    assert "From desktop" in entities  # not deleted: the laptop never saw it
+    assert "Own edit" in entities
+    assert {"From desktop", "Own edit"} <= laptop.graph()[0].keys()
