@@ -24,6 +24,7 @@ folded into one by the same rules, against the ancestor's version.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from itertools import chain
 from typing import Any, NamedTuple, TypeVar
 
@@ -124,12 +125,11 @@ def merge_buffers(
     base: Buffer, ours: Buffer, theirs: Buffer, *, labels: tuple[str, str, str] = _LABELS
 ) -> Merged:
     """Merge three versions of a memory file, leaving the output to be written chunk by chunk."""
-    ancestor = _read(lambda: parse(base), labels[0])
-    sides = [
-        _read(lambda data=data: diff(ancestor, data), label)  # type: ignore[misc]
-        for data, label in zip((ours, theirs), labels[1:], strict=True)
-    ]
-    return _read(lambda: merge(ancestor, sides[0], sides[1]), labels[0])
+    ancestor = _read(partial(parse, base), labels[0])
+    a_side = _read(partial(diff, ancestor, ours), labels[1])
+    b_side = _read(partial(diff, ancestor, theirs), labels[2])
+    # Only the ancestor's lines are parsed lazily, inside the merge itself.
+    return _read(partial(merge, ancestor, a_side, b_side), labels[0])
 
 
 def _read(step: Callable[[], _T], label: str) -> _T:
@@ -142,7 +142,7 @@ def _read(step: Callable[[], _T], label: str) -> _T:
 def join_bytes(inputs: Sequence[Buffer], *, style: Style | None = None) -> tuple[bytes, Report]:
     """Join memory files that share no ancestor; raises `InputError` naming the input."""
     sides = [
-        _read(lambda data=data: diff(EMPTY, data), f"input {number}")  # type: ignore[misc]
+        _read(partial(diff, EMPTY, data), f"input {number}")
         for number, data in enumerate(inputs, 1)
     ]
     merged = join(sides, style=style)
