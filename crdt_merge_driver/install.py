@@ -29,7 +29,7 @@ PROGRAM = "crdt-merge-driver"
 DEFAULT_PATTERNS = ("memory*.json", "memory*.jsonl", "unified-memory.json")
 DESCRIPTION = "CRDT merge of AI-agent memory files (crdt-merge-driver)"
 # cli.DRIVER_NAME, repeated so that the library does not import the CLI.
-_DEFAULT_NAME = "crdt-memory"
+DEFAULT_NAME = "crdt-memory"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IMPORT_TIMEOUT = 60.0
 _FORGE_NOTE = (
@@ -119,7 +119,7 @@ def doctor(*, repo: Path, name: str) -> Diagnosis:
     check_name(name)
     top = find_toplevel(repo)
     fix = f"{PROGRAM} install --repo {shlex.quote(str(top))}"
-    if name != _DEFAULT_NAME:
+    if name != DEFAULT_NAME:
         fix += f" --name {name}"
     driver = git.read_config(f"merge.{name}.driver", cwd=top)
     lines = [*diagnose_config(top, name, driver, fix), *diagnose_attributes(top, name, driver, fix)]

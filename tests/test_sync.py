@@ -24,7 +24,11 @@ from typing import NamedTuple
 
 import pytest
 
+from crdt_merge_driver import clone as clone_module
+from crdt_merge_driver import lock as lock_module
+from crdt_merge_driver import rebase as rebase_module
 from crdt_merge_driver import sync as sync_module
+from crdt_merge_driver import verdict as verdict_module
 from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
 from crdt_merge_driver.sync import (
     LOCK,
@@ -37,10 +41,10 @@ from crdt_merge_driver.sync import (
     SyncError,
     SyncResult,
     Transient,
-    classify,
     retrying,
     sync,
 )
+from crdt_merge_driver.verdict import classify
 from tests import gitrepo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "git-stderr"
@@ -270,13 +274,13 @@ def test_an_unknown_failure_is_fatal_and_quoted() -> None:
 
 
 def test_a_missing_remote_branch_is_recognised() -> None:
-    assert sync_module._MISSING_BRANCH.search(
+    assert verdict_module.MISSING_BRANCH.search(
         (FIXTURES / "missing-fetch-remote-branch.txt").read_text()
     )
 
 
 def test_the_driver_complaint_in_a_rebase_is_read() -> None:
-    complaint = sync_module._DRIVER_COMPLAINT.search(
+    complaint = rebase_module.DRIVER_COMPLAINT.search(
         (FIXTURES / "fatal-rebase-damaged-memory.txt").read_text()
     )
     assert complaint is not None
@@ -313,7 +317,7 @@ def test_a_rejected_push_is_retried_after_a_wait(
     fetch = sync_module.fetch
     calls: list[bool] = []
 
-    def fetch_then_race(clone: sync_module.Clone, timeout: float) -> bool:
+    def fetch_then_race(clone: clone_module.Clone, timeout: float) -> bool:
         # Another machine lands a commit between our fetch and our push, once.
         fetched = fetch(clone, timeout)
         if not calls:
@@ -446,8 +450,8 @@ def test_the_repositorys_own_attributes_still_win(pair: tuple[Path, Path], origi
     # merge=binary is not the driver: not committed by default, and not merged
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     assert (
-        sync_module.memory_changes(
-            sync_module.Clone(server, server / ".git", server / ".git", {}, "origin", "", "main")
+        clone_module.memory_changes(
+            clone_module.Clone(server, server / ".git", server / ".git", {}, "origin", "", "main")
         )
         == []
     )
@@ -684,7 +688,7 @@ def test_a_token_in_the_url_is_never_shown(pair: tuple[Path, Path], scheme: str)
 
 def test_redact_keeps_everything_but_the_credentials() -> None:
     assert (
-        sync_module.redact(
+        verdict_module.redact(
             "fatal: unable to look up ci:tok@host.example (port 9418); https://u:p@h/x.git, a:b c@d"
         )
         == "fatal: unable to look up host.example (port 9418); https://h/x.git, a:b c@d"
@@ -989,29 +993,29 @@ def test_a_lock_taken_meanwhile_is_not_broken(pair: tuple[Path, Path]) -> None:
     laptop, _ = pair
     lock = laptop / ".git" / LOCK
     lock.write_text("99999999\n")
-    sync_module._break_stale(lock, 12345, io.StringIO())  # not the pid it holds now
+    lock_module._break_stale(lock, 12345, io.StringIO())  # not the pid it holds now
     assert lock.read_text() == "99999999\n"
-    assert sync_module._stale(laptop / "no-such-lock", None)  # vanished: free
+    assert lock_module._stale(laptop / "no-such-lock", None)  # vanished: free
     lock.write_bytes(b"\xff\xfe")
-    assert sync_module._holder(lock) is None
+    assert lock_module._holder(lock) is None
 
 
 def test_process_checks_where_the_answer_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert sync_module._stat(Path("/no/such/proc/stat")) is None
-    assert not sync_module._group_gone(None)
-    assert not sync_module._group_gone(os.getpgrp())
+    assert lock_module.stat_of(Path("/no/such/proc/stat")) is None
+    assert not lock_module.group_gone(None)
+    assert not lock_module.group_gone(os.getpgrp())
 
     def forbidden(pid: int, signal: int) -> None:
         raise PermissionError(pid)
 
     monkeypatch.setattr(os, "kill", forbidden)
     monkeypatch.setattr(os, "killpg", forbidden)
-    assert sync_module._alive(1)  # someone else's process: alive
-    assert not sync_module._group_gone(999999)
+    assert lock_module._alive(1)  # someone else's process: alive
+    assert not lock_module.group_gone(999999)
 
 
 def test_an_unreadable_mark_reads_as_empty(tmp_path: Path) -> None:
-    assert sync_module._read_mark(tmp_path) == {}  # a folder, not a file
+    assert rebase_module.read_mark(tmp_path) == {}  # a folder, not a file
 
 
 def test_a_mark_without_a_rebase_is_just_removed(pair: tuple[Path, Path]) -> None:
@@ -1030,10 +1034,10 @@ def test_only_this_rebases_temp_files_are_removed(pair: tuple[Path, Path]) -> No
     new.write_text("ours")
     past = time.time() - 600
     os.utime(old, (past, past))
-    clone = sync_module.Clone(laptop, laptop / ".git", laptop / ".git", {}, "origin", "", "main")
-    sync_module.remove_merge_temps(clone, since=time.time() - 5)
+    clone = clone_module.Clone(laptop, laptop / ".git", laptop / ".git", {}, "origin", "", "main")
+    rebase_module.remove_merge_temps(clone, since=time.time() - 5)
     assert old.exists() and not new.exists()
-    assert sync_module.read_blobs(clone, []) == []
+    assert clone_module.read_blobs(clone, []) == []
 
 
 def test_a_timeout_is_transient_and_other_git_errors_are_not() -> None:

@@ -1,0 +1,207 @@
+"""The clone sync works in: its folders, the git it runs there, and what it commits.
+
+Every git command sync runs goes through `Clone.git`, with an environment
+that supplies the merge driver (so a clone where ``install`` never ran
+still merges memory files with it) and, in CI without an identity, a
+default author. docs/sync.md gives the reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple, TextIO
+
+from crdt_merge_driver import git, install
+from crdt_merge_driver.errors import CrdtError
+from crdt_merge_driver.verdict import redact
+
+PROGRAM = "crdt-merge-driver"
+DRIVER_NAME = install.DEFAULT_NAME  # the name install writes
+# sync's attributes files in the git folder: this name plus a unique suffix.
+ATTRIBUTES = "crdt-merge-driver-sync.attributes"
+
+
+class SyncError(CrdtError):
+    """Sync cannot start: not a repository, unknown remote, detached HEAD, bad limits."""
+
+
+class Clone(NamedTuple):
+    top: Path
+    git_dir: Path  # this worktree's: the rebase state, sync's lock and mark
+    common_dir: Path  # shared by all worktrees: config, refs, the shallow file
+    env: Mapping[str, str]  # the driver's config and, when none is set, an identity
+    remote: str
+    url: str
+    branch: str
+
+    def git(self, *args: str, check: bool = True, stdin: bytes | None = None,
+            timeout: float | None = None) -> git.Result:  # fmt: skip
+        return git.run(*args, cwd=self.top, env=self.env, check=check, stdin=stdin,
+                       timeout=timeout)  # fmt: skip
+
+    @property
+    def tracking(self) -> str:
+        return f"refs/remotes/{self.remote}/{self.branch}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.remote}/{self.branch}"
+
+    def rebasing(self) -> bool:
+        return any((self.git_dir / name).exists() for name in ("rebase-merge", "rebase-apply"))
+
+
+def say(log: TextIO, line: str) -> None:
+    print(f"{PROGRAM}: {line}", file=log, flush=True)
+
+
+# --- the environment every git command gets -----------------------------------------
+
+
+@contextmanager
+def driver_environment(top: Path, git_dir: Path) -> Iterator[dict[str, str]]:
+    """The environment that supplies the driver to every git command sync runs.
+
+    The config goes in as GIT_CONFIG_COUNT/KEY/VALUE, git's environment form
+    of ``git -c`` (same scope, and it reaches the git processes git starts).
+    """
+    user = _user_attributes(top)
+    ours = [f"# {PROGRAM} sync: the memory files merge with the driver"]
+    ours += [f"{pattern} merge={DRIVER_NAME}" for pattern in install.DEFAULT_PATTERNS]
+    separator = b"\n" if user and not user.endswith(b"\n") else b""
+    # A file of its own, so that environments can nest (backup runs sync inside one).
+    fd, name = tempfile.mkstemp(prefix=f"{ATTRIBUTES}.", dir=git_dir)
+    attributes = Path(name)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(user + separator + "\n".join(ours).encode() + b"\n")
+    settings = {**install.driver_config(DRIVER_NAME), "core.attributesFile": str(attributes)}
+    env = _config_env(settings)
+    env.update(identity(top))
+    try:
+        yield env
+    finally:
+        attributes.unlink(missing_ok=True)
+
+
+def _user_attributes(top: Path) -> bytes:
+    # core.attributesFile from the command line replaces the user's own: keep its lines.
+    configured = git.read_config("core.attributesFile", cwd=top, path=True)
+    path = Path(configured) if configured else install.find_global_attributes(top)
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _config_env(settings: Mapping[str, str]) -> dict[str, str]:
+    # Append to entries the caller's own environment may already hold.
+    start = int(os.environ.get("GIT_CONFIG_COUNT", "0") or "0")
+    env = {"GIT_CONFIG_COUNT": str(start + len(settings))}
+    for index, (key, value) in enumerate(settings.items(), start):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
+def identity(top: Path) -> dict[str, str]:
+    """A default author and committer for sync's commits, only if git has none (CI)."""
+    if git.run("var", "GIT_COMMITTER_IDENT", cwd=top, check=False).returncode == 0:
+        return {}
+    name, email = PROGRAM, f"{PROGRAM}@{socket.gethostname()}"
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}  # fmt: skip
+
+
+# --- where sync pushes, and whether it can start ------------------------------------
+
+
+def find_url(top: Path, remote: str) -> str:
+    remotes = git.output("remote", cwd=top).split()
+    if remote not in remotes:
+        raise SyncError(
+            f"unknown remote {remote!r}: this clone has "
+            f"{', '.join(remotes) or 'no remotes'}; pass --remote NAME, or `git remote add`"
+        )
+    return redact(git.output("remote", "get-url", remote, cwd=top))
+
+
+def current_branch(clone: Clone) -> str:
+    result = clone.git("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    if result.returncode != 0:
+        raise SyncError("HEAD is detached: pass --branch NAME to say which remote branch to sync")
+    return result.stdout.decode().strip()
+
+
+def check_idle(clone: Clone) -> None:
+    states = {"rebase-merge": "a rebase", "rebase-apply": "a rebase or am",
+              "MERGE_HEAD": "a merge", "CHERRY_PICK_HEAD": "a cherry-pick",
+              "REVERT_HEAD": "a revert"}  # fmt: skip
+    for name, what in states.items():
+        if (clone.git_dir / name).exists():
+            raise SyncError(
+                f"{what} is in progress in {clone.top}; finish or abort it, then sync again"
+            )
+
+
+# --- what sync commits, and reads back -----------------------------------------------
+
+
+def commit(clone: Clone, paths: Sequence[Path], message: str | None, log: TextIO) -> str | None:
+    """Commit ``paths`` (default: changed memory files) and only them; None if unchanged."""
+    specs = [str(path) for path in paths] or memory_changes(clone)
+    if not specs:
+        return None
+    clone.git("add", "--", *specs)
+    staged = clone.git("diff", "--cached", "--name-only", "-z", "--", *specs).stdout
+    names = [name.decode("utf-8", "surrogateescape") for name in staged.split(b"\0") if name]
+    if not names:
+        return None
+    text = message or f"memory: sync {', '.join(names)} from {socket.gethostname()}"
+    clone.git("commit", "--quiet", "-m", text, "--", *specs)
+    head = clone.git("rev-parse", "HEAD").stdout.decode().strip()
+    say(log, f"committed {', '.join(names)} as {head[:10]}")
+    return head
+
+
+def memory_changes(clone: Clone) -> list[str]:
+    """Changed, deleted or untracked files that the driver is attached to."""
+    data = clone.git("status", "--porcelain", "-z", "--untracked-files=all", "--no-renames").stdout
+    paths = [entry[3:].decode("utf-8", "surrogateescape") for entry in data.split(b"\0") if entry]
+    attributes = merge_attributes(clone, paths)
+    return [path for path in paths if attributes.get(path) == DRIVER_NAME]
+
+
+def merge_attributes(clone: Clone, paths: Sequence[str]) -> dict[str, str]:
+    """The ``merge`` attribute of each path, as sync's git sees it."""
+    if not paths:
+        return {}
+    feed = b"".join(path.encode("utf-8", "surrogateescape") + b"\0" for path in paths)
+    data = clone.git("check-attr", "-z", "--stdin", "merge", stdin=feed).stdout
+    fields = [field.decode("utf-8", "surrogateescape") for field in data.split(b"\0")]
+    return {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}
+
+
+def read_blobs(clone: Clone, names: Sequence[str]) -> list[bytes | None]:
+    """The content of each ``rev:path``, None where it does not exist; one git process."""
+    if not names:
+        return []
+    feed = "".join(f"{name}\n" for name in names).encode("utf-8", "surrogateescape")
+    data = clone.git("cat-file", "--batch", stdin=feed).stdout
+    blobs: list[bytes | None] = []
+    at = 0
+    for _ in names:
+        end = data.index(b"\n", at)
+        header = data[at:end].split(b" ")
+        if header[-1] == b"missing" or len(header) != 3:
+            blobs.append(None)
+            at = end + 1
+            continue
+        size = int(header[2])
+        blobs.append(data[end + 1 : end + 1 + size])
+        at = end + 1 + size + 1
+    return blobs

@@ -1,0 +1,149 @@
+"""``git rebase`` of the local commits onto the remote's, never left half-done.
+
+Any failure aborts the rebase (in a ``finally``, so Ctrl-C does too), which
+puts the branch back on the local commits. Only a kill that gives Python no
+chance leaves a rebase behind; the mark sync writes before each rebase (its
+pid and process group) lets the next sync tell its own interrupted rebase
+from one the user started, and abort only the former.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from contextlib import suppress
+from pathlib import Path
+from typing import TextIO
+
+from crdt_merge_driver import git, install
+from crdt_merge_driver.clone import PROGRAM, Clone, SyncError, say
+from crdt_merge_driver.errors import CrdtError, GitError, RefusedError
+from crdt_merge_driver.lock import group_gone, lock
+from crdt_merge_driver.verdict import first_line, redact
+
+# In the git folder (per worktree): the mark of a rebase sync started.
+REBASE_MARK = "crdt-merge-driver-sync.rebasing"
+AUTOSTASH_CONFLICT = "Applying autostash resulted in conflicts"
+DRIVER_COMPLAINT = re.compile(
+    rf"{PROGRAM}: cannot merge (?P<path>.+?) \((?:ancestor|ours|theirs), %(?P<side>[OAB])\)"
+    r"(?:, line (?P<line>\d+))?: (?P<reason>.*?); left for you to resolve"
+)
+# During a rebase git swaps the sides: %A is the remote's version, %B the local commit.
+_SIDES = {"A": "the version on {where}", "B": "your local commit's version",
+          "O": "the common ancestor's version"}  # fmt: skip
+
+
+def rebase(clone: Clone, onto: str, log: TextIO) -> None:
+    """Replay the local commits onto ``onto``; on any failure, abort and raise."""
+    mark = clone.git_dir / REBASE_MARK
+    mark.write_text(f"pid {os.getpid()} pgid {os.getpgrp()}\n")
+    try:
+        result = clone.git("rebase", "--merge", "--autostash", "--quiet", onto, check=False)
+        if result.returncode != 0:
+            raise _rebase_error(clone, result)
+        if AUTOSTASH_CONFLICT in result.stderr:
+            # The rebase is done; only the uncommitted changes did not fit on top.
+            say(log, f"warning: your uncommitted changes conflict with {clone.where}: "
+                     "they are kept in `git stash list`; see `git status`")  # fmt: skip
+    finally:
+        if clone.rebasing():
+            clone.git("rebase", "--abort", check=False)
+            remove_merge_temps(clone, since=mark.stat().st_mtime)
+        mark.unlink(missing_ok=True)
+
+
+def remove_merge_temps(clone: Clone, *, since: float) -> None:
+    """Remove the ``%O %A %B`` temp files an interrupted merge left in the work tree.
+
+    git writes them as ``.merge_file_XXXXXX`` at the top and deletes them when
+    the driver returns; a rebase cut short by a signal leaves them behind.
+    Only those from this rebase (not older than its mark) are ours.
+    """
+    for path in clone.top.glob(".merge_file_*"):
+        with suppress(OSError):
+            if path.is_file() and path.stat().st_mtime >= since - 1:
+                path.unlink()
+
+
+def refuse_damaged(clone: Clone, path: str, side: str, reason: str, line: str | None) -> CrdtError:
+    """The refusal for a memory file the driver cannot merge; ``side`` is git's O, A or B."""
+    what = _SIDES[side].format(where=clone.where)
+    return RefusedError(
+        f"{path}: {what} is damaged ({reason}{f', line {line}' if line else ''}), so the "
+        f"driver cannot merge it; nothing pushed, rebase aborted, local commits kept. "
+        f"Repair it: delete the conflict-marker lines, run `{PROGRAM} join {path} -o {path}`, "
+        "commit, then sync again"
+    )
+
+
+def _rebase_error(clone: Clone, result: git.Result) -> CrdtError:
+    output = redact(result.stdout.decode("utf-8", "replace") + result.stderr)
+    kept = "nothing pushed, rebase aborted, local commits kept"
+    complaint = DRIVER_COMPLAINT.search(output)
+    if complaint:
+        return refuse_damaged(
+            clone, complaint["path"], complaint["side"], complaint["reason"], complaint["line"]
+        )
+    conflicted = clone.git("diff", "--name-only", "--diff-filter=U", "-z").stdout
+    files = [name.decode("utf-8", "replace") for name in conflicted.split(b"\0") if name]
+    if files:
+        return GitError(
+            f"rebase onto {clone.where} stopped on a conflict in {', '.join(files)}; {kept}. "
+            f"Merge by hand (`git pull --rebase {clone.remote} {clone.branch}`), then sync again",
+            returncode=result.returncode, stderr=result.stderr,
+        )  # fmt: skip
+    return GitError(
+        f"rebase onto {clone.where} failed: {first_line(output)}; {kept}",
+        returncode=result.returncode, stderr=result.stderr,
+    )  # fmt: skip
+
+
+# --- after a killed sync --------------------------------------------------------------
+
+
+def recover(clone: Clone, log: TextIO) -> None:
+    """Abort a rebase that a killed sync left behind (its mark says so)."""
+    mark = clone.git_dir / REBASE_MARK
+    if not mark.exists():
+        return
+    if clone.rebasing():
+        left = read_mark(mark)
+        index_lock = clone.git_dir / "index.lock"
+        if index_lock.exists():
+            # Killed while the driver ran: git held the index then and could
+            # not remove its lock. Safe to remove only if nothing of that
+            # sync (its process group) is still running.
+            if not group_gone(left.get("pgid")):
+                raise SyncError(
+                    f"an interrupted sync left a rebase and {index_lock}, and a process of "
+                    f"its group may still run; wait for it, or if no git runs here, delete "
+                    f"{index_lock} and sync again"
+                )
+            index_lock.unlink(missing_ok=True)
+        clone.git("rebase", "--abort")
+        remove_merge_temps(clone, since=mark.stat().st_mtime)
+        say(log, f"aborted the rebase an interrupted sync left (pid {left.get('pid', '?')}); "
+                 "the local commits are as they were before it")  # fmt: skip
+    mark.unlink(missing_ok=True)
+
+
+def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
+    """Abort a rebase a killed sync left in ``repo``, under sync's lock.
+
+    `sync` does this itself; this is for callers (backup) that look at HEAD
+    before they call `sync`, and would otherwise find it detached mid-rebase.
+    """
+    top = install.find_toplevel(repo)
+    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    with lock(git_dir, log):
+        recover(Clone(top, git_dir, git.find_common_dir(top), {}, "", "", ""), log)
+
+
+def read_mark(path: Path) -> dict[str, int]:
+    try:
+        words = path.read_text().split()
+    except OSError:
+        return {}
+    return {key: int(value) for key, value in zip(words[::2], words[1::2], strict=False)
+            if value.isdigit()}  # fmt: skip
