@@ -47,17 +47,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _driver_call(arguments: list[str]) -> argparse.Namespace | None:
-    """``merge [--marker-size N] BASE OURS THEIRS [PATH]`` as git runs it; None for anything else.
+    """``merge [--marker-size N] [--] BASE OURS THEIRS [PATH]`` as git runs it; else None.
 
-    Anything unusual (``--help``, a typo, a path that looks like an option)
-    is left to argparse, which then reports it properly.
+    Anything unusual (``--help``, a typo, a path that looks like an option
+    without ``--`` before it) is left to argparse, which reports it properly.
     """
     if arguments[:1] != ["merge"]:
         return None
     rest, marker_size = arguments[1:], 7
     if rest[:1] == ["--marker-size"] and len(rest) > 1 and rest[1].isdigit():
         rest, marker_size = rest[2:], int(rest[1])
-    if len(rest) not in (3, 4) or any(argument.startswith("-") for argument in rest):
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    elif any(argument.startswith("-") for argument in rest):
+        return None
+    if len(rest) not in (3, 4):
         return None
     base, ours, theirs, *path = rest
     call = SimpleNamespace(

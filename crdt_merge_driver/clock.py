@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_YEAR_10000 = 253_402_300_800  # seconds since the epoch
 
 
 class Stamp(NamedTuple):
@@ -59,7 +60,9 @@ def _host(meta: dict[str, Any]) -> str:
 
 def _micros(moment: object) -> int | None:
     if isinstance(moment, int | float) and not isinstance(moment, bool):
-        return int(moment * 1_000_000)  # seconds since the epoch
+        # Seconds since the epoch, up to the year 9999: a larger number is not
+        # a time a stamp can be written back as (milliseconds, say).
+        return int(moment * 1_000_000) if 0 <= moment < _YEAR_10000 else None
     if not isinstance(moment, str):
         return None
     try:

@@ -71,7 +71,8 @@ def driver_command() -> str:
     # that folder first on sys.path, so a file committed to the memory
     # repository (say, orjson.py) could run as code. It also starts faster.
     python = shlex.quote(sys.executable)
-    return f"{python} -I -m crdt_merge_driver merge --marker-size %L %O %A %B %P"
+    # "--": the path in the repository (%P) may start with "-".
+    return f"{python} -I -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
 
 
 def install(*, repo: Path, scope_global: bool, patterns: list[str] | None, name: str) -> list[str]:

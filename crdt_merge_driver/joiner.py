@@ -24,7 +24,10 @@ def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str 
         sys.stdout.buffer.writelines(merged.chunks())
         sys.stdout.buffer.flush()
     else:
-        write_atomic(output, merged.to_bytes())
+        try:
+            write_atomic(output, merged.to_bytes())
+        except OSError as error:
+            raise CrdtError(f"cannot write {output}: {error.strerror}") from None
     print(
         f"crdt-merge-driver: joined {len(inputs)} files into {output or 'stdout'}: "
         f"{merged.report.kept} records",

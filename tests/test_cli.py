@@ -170,11 +170,6 @@ def test_a_wrong_driver_command_line_leaves_ours_alone(
     assert a.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="install writes `merge --marker-size %L %O %A %B %P` without `--`: a %P that "
-    "starts with '-' is not the fast path, and argparse takes it for an option (exit 2)",
-)
 def test_a_memory_file_in_a_folder_whose_name_starts_with_a_dash_merges(tmp_path: Path) -> None:
     repo = gitrepo.init_repo(tmp_path / "repo")
     gitrepo.install(repo)

@@ -258,12 +258,6 @@ def test_a_sync_that_cannot_push_fails_the_demo(
     assert "no conflicts, nothing lost" not in out.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="demo checks index the merged graph before checking it: a lost entity is a "
-    "KeyError traceback, not DemoFailed('demo check failed: Grace was added')",
-)
 def test_a_driver_that_keeps_one_side_fails_the_demo_with_the_claim_it_broke(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

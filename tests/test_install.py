@@ -55,8 +55,9 @@ def test_install_writes_the_three_keys_and_the_attribute_lines(tmp_path: Path) -
 
     description = "CRDT merge of AI-agent memory files (crdt-merge-driver)"
     assert config(repo, f"merge.{NAME}.name") == description
+    python = shlex.quote(sys.executable)
     assert config(repo, f"merge.{NAME}.driver") == (
-        f"{shlex.quote(sys.executable)} -I -m crdt_merge_driver merge --marker-size %L %O %A %B %P"
+        f"{python} -I -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
     )
     assert config(repo, f"merge.{NAME}.recursive") == NAME
     created_marker = f"{MARKER} (and this file, which install created)"

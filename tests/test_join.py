@@ -286,11 +286,6 @@ def test_no_file_at_all_is_a_usage_error(tmp_path: Path) -> None:
     assert "the following arguments are required: FILE" in err[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an output folder that does not exist gives a FileNotFoundError traceback "
-    "naming the temp file, not one line naming OUT",
-)
 def test_an_output_folder_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
     (laptop,) = files(tmp_path, laptop_jsonl=LAPTOP)
     out = tmp_path / "no-such-folder" / "memory.jsonl"
