@@ -1,10 +1,11 @@
 """Time the merge driver the way git runs it, against ``git merge-file``.
 
-Each measurement is a whole process, started as git starts a custom driver
-(``python -m crdt_merge_driver merge --marker-size 7 %O %A %B %P``), so
-interpreter start-up, imports, reading three files and the atomic, fsynced
-write of ``%A`` are all in the number. ``git merge-file -p`` on the same
-three files is the yardstick: it is what git would run without the driver.
+Each measurement is a whole process, started exactly as git starts the
+driver that ``install`` registers (``python -I -m crdt_merge_driver merge
+--marker-size %L -- %O %A %B %P``), so interpreter start-up, imports,
+reading three files and the atomic write of ``%A`` are all in the number.
+``git merge-file -p`` on the same three files is the yardstick: it is what
+git would run without the driver.
 The two commands alternate, run by run, so drift in the machine (page cache,
 frequency scaling, a neighbour's load) falls on both alike; medians, not
 means, so one slow outlier does not move the result. Peak memory is each
@@ -33,6 +34,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -347,9 +349,12 @@ def _child_env(*, for_git: bool) -> dict[str, str]:
 
 
 def _driver_argv(base: Path, ours: Path, theirs: Path) -> list[str]:
-    """The driver as git runs it: ``merge --marker-size %L %O %A %B %P``."""
-    command = [sys.executable, "-m", "crdt_merge_driver", "merge", "--marker-size", MARKER_SIZE]
-    return [*command, str(base), str(ours), str(theirs), MEMORY_PATH]
+    """The driver exactly as `crdt-merge-driver install` registers it, placeholders filled in."""
+    from crdt_merge_driver.install import driver_command  # noqa: PLC0415  # the package under test
+
+    values = {"%L": MARKER_SIZE, "%O": str(base), "%A": str(ours), "%B": str(theirs),
+              "%P": MEMORY_PATH}  # fmt: skip
+    return [values.get(word, word) for word in shlex.split(driver_command())]
 
 
 def _tail(path: Path, lines: int = 5) -> str:

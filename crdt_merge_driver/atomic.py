@@ -49,15 +49,13 @@ def write_atomic(
     temp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as stream:
-            if isinstance(data, bytes):
-                stream.write(data)
-            else:
-                stream.writelines(data)
-            stream.flush()
-            os.fchmod(stream.fileno(), mode)
+        try:
+            _write_all(fd, [data] if isinstance(data, bytes) else data)
+            os.fchmod(fd, mode)
             if durable:
-                os.fsync(stream.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         if expect is not None and _read_or_none(path) != expect:
             raise ChangedMeanwhile(path)
         os.replace(temp, path)
@@ -67,6 +65,28 @@ def write_atomic(
         raise
     if durable:
         _sync_folder(folder or ".")
+
+
+def _write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write every chunk, many to a system call (a merge is thousands of small chunks)."""
+    batch: list[bytes | memoryview] = []
+    for chunk in chunks:
+        batch.append(chunk)
+        if len(batch) == _BATCH:
+            _write_batch(fd, batch)
+            batch = []
+    _write_batch(fd, batch)
+
+
+def _write_batch(fd: int, batch: list[bytes | memoryview]) -> None:
+    written = os.writev(fd, batch) if batch else 0
+    # writev may stop short (a full disk, a signal): write the rest plainly.
+    rest = memoryview(b"".join(batch))[written:] if written < sum(map(len, batch)) else b""
+    while rest:
+        rest = rest[os.write(fd, rest) :]
+
+
+_BATCH = 512  # well under IOV_MAX (1024 on Linux)
 
 
 def _read_or_none(path: str) -> bytes | None:

@@ -296,10 +296,10 @@ def _walk(base: Document, data: Buffer) -> Side:
 
     Lines usually sit where the ancestor had them (the server edits records
     in place and appends new ones), so the side is compared with the
-    ancestor lines it lines up with, in blocks that double while they match.
-    On a mismatch the line is parsed: if it is a later ancestor record, the
-    ancestor lines in between are missing here (deleted or moved) and the
-    walk resumes after it.
+    ancestor lines it lines up with, in blocks that double while they match;
+    a block that differs is bisected to its first differing line. That line
+    is parsed: if it is a later ancestor record, the ancestor lines in
+    between are missing here (deleted or moved) and the walk resumes after it.
     """
     newline = _newline_of(data)
     size = len(data)
@@ -310,26 +310,40 @@ def _walk(base: Document, data: Buffer) -> Side:
     find = data.find
     expected = position = 0
     stride = 1
+
+    def matches(first: int, last: int) -> bool:
+        # Ancestor lines first..last as one block: they carry their own line
+        # breaks, so equal bytes (and a line end after them) mean equal lines.
+        start = base_starts[first]
+        block_end = position + base_ends[last] - start
+        return data[position:block_end] == base_data[start : base_ends[last]] and (
+            block_end == size or data[block_end] in _LINE_ENDS
+        )
+
     while position < size:
         if expected < count:
-            # Try the next `stride` ancestor lines as one block; they carry
-            # their own line breaks, so equal bytes mean equal lines.
             last = min(expected + stride, count) - 1
-            base_start, base_end = base_starts[expected], base_ends[last]
-            block_end = position + base_end - base_start
-            ours, theirs = data[position:block_end], base_data[base_start:base_end]
-            if ours == theirs and (block_end == size or data[block_end] in _LINE_ENDS):
+            if matches(expected, last):
                 same[expected : last + 1] = _ONES[: last + 1 - expected]
-                expected = last + 1
-                stop = find(b"\n", block_end)
+                stop = find(b"\n", position + base_ends[last] - base_starts[expected])
                 position = size if stop < 0 else stop + 1
+                expected = last + 1
                 stride = min(stride * 2, _MAX_STRIDE)
                 continue
-            if stride > 1:
-                # The block differs somewhere: halve it until a block matches
-                # (or one line is left, which is then read on its own).
-                stride //= 2
-                continue
+            # The first differing line is in the block: find it by bisection,
+            # keep what precedes it, then read it on its own (below).
+            low, high = expected, last
+            while low < high:
+                middle = (low + high) // 2
+                if matches(expected, middle):
+                    low = middle + 1
+                else:
+                    high = middle
+            if low > expected:
+                same[expected:low] = _ONES[: low - expected]
+                position += base_starts[low] - base_starts[expected]
+                expected = low
+            stride = 1
         stop = find(b"\n", position)
         if stop < 0:
             stop = size
