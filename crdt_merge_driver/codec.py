@@ -16,22 +16,14 @@ parsed at all, so it is not validated again either (see docs/merge-rules.md).
 
 from __future__ import annotations
 
-import mmap
-from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple, TypeAlias, TypeVar
 
 import orjson
 
+from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Buffer, Document, Side, Style, line_at
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, identify
-
-Buffer: TypeAlias = bytes | mmap.mmap
-_T = TypeVar("_T")
-
-JSONL = "jsonl"
-ARRAY = "array"
 
 _CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>", b"|||||||")
 # The memory server writes every entity line with this prefix (JSON.stringify of
@@ -44,124 +36,6 @@ _SHORTEST_ENTITY = len(b'{"type":"entity","name":"","entityType":"","observation
 _LINE_ENDS = b"\r\n"
 _MAX_STRIDE = 1024
 _ONES = b"\x01" * _MAX_STRIDE
-
-
-class Style(NamedTuple):
-    """How a file is laid out. ``None`` means "no opinion" (an empty file)."""
-
-    format: str | None = None
-    newline: bytes | None = None
-    final_newline: bool | None = None
-    indent: bytes | None = None  # arrays: one level's indent; b"" is one line
-
-
-class Document:
-    """A file indexed record by record: the ancestor of a merge.
-
-    Record ``i`` has identity ``keys[i]`` and kind ``kinds[i]`` (0 entity,
-    1 relation, 2 other). ``index`` maps an identity to its first record;
-    ``repeated`` holds identities that occur more than once.
-    """
-
-    __slots__ = (
-        "_clean",
-        "_data",
-        "_ends",
-        "_raws",
-        "_starts",
-        "index",
-        "keys",
-        "kinds",
-        "repeated",
-        "style",
-    )
-
-    def __init__(self, style: Style) -> None:
-        self.style = style
-        self.keys: list[Key] = []
-        self.kinds = bytearray()
-        self.index: dict[Key, int] = {}
-        self.repeated: set[Key] = set()
-        self._data: Buffer = b""
-        self._starts = array("q")
-        self._ends = array("q")
-        self._raws: list[bytes] | None = None
-        self._clean = True  # every line break is style.newline
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def raw(self, i: int) -> bytes:
-        """The bytes of record ``i`` (a JSONL line without its line break)."""
-        if self._raws is not None:
-            return self._raws[i]
-        return self._data[self._starts[i] : self._ends[i]]
-
-    def positions(self, key: Key) -> list[int]:
-        """Every record that has identity ``key`` (one, unless the file repeats it)."""
-        first = self.index.get(key)
-        if first is None:
-            return []
-        if key not in self.repeated:
-            return [first]
-        return [i for i in range(first, len(self.keys)) if self.keys[i] == key]
-
-    def block(self, start: int, stop: int, newline: bytes) -> memoryview | None:
-        """Records ``start..stop-1`` as one slice of the file, if the file holds them so.
-
-        True for JSONL whose line breaks are all ``newline``: the slice then
-        carries its own line breaks, and nothing is copied.
-        """
-        if self._raws is not None or not self._clean or newline != self.style.newline:
-            return None
-        return memoryview(self._data)[self._starts[start] : self._ends[stop - 1]]
-
-    def line_number(self, i: int) -> int:
-        """The 1-based line of record ``i`` (for error messages only)."""
-        if self._raws is not None:
-            return i + 1
-        return _line_at(self._data, self._starts[i])
-
-    def _add(self, key: Key, kind: int) -> None:
-        number = len(self.keys)
-        self.keys.append(key)
-        self.kinds.append(kind)
-        if self.index.setdefault(key, number) != number:
-            self.repeated.add(key)
-
-
-class Side:
-    """One side of a merge, as it differs from the ancestor.
-
-    ``same[i]`` is 1 where the side holds ancestor record ``i`` byte for
-    byte. ``changed`` holds every other record of the side (edited, added,
-    moved) by identity; ``extra`` the further versions of an identity the
-    side holds more than once (what ``merge=union`` leaves behind).
-    """
-
-    __slots__ = ("changed", "extra", "same", "style")
-
-    def __init__(self, style: Style, size: int) -> None:
-        self.style = style
-        self.same = bytearray(size)
-        self.changed: dict[Key, bytes] = {}
-        self.extra: dict[Key, list[bytes]] = {}
-
-    def keep(self, key: Key, raw: bytes) -> None:
-        held = self.changed.setdefault(key, raw)
-        if held is not raw:
-            self.extra.setdefault(key, []).append(raw)
-
-    def versions(self, key: Key, base: Document) -> list[bytes]:
-        """Every version of ``key`` this side holds (several only in a damaged file)."""
-        found = [base.raw(i) for i in base.positions(key) if self.same[i]]
-        if key in self.changed:
-            found.append(self.changed[key])
-        found.extend(self.extra.get(key, ()))
-        return found
-
-
-EMPTY = Document(Style())
 
 
 def parse(data: Buffer) -> Document:
@@ -208,12 +82,12 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
     crlf = newline == b"\r\n"
     size = len(data)
     document = Document(Style(JSONL, newline, data[size - 1] == 0x0A, None))
-    document._data = data
+    document.data = data
     clean = True
     # The hot loop of the driver: one pass over every ancestor line, so names
     # are bound locally and the server's entity layout is read without parsing.
     find, prefix = data.find, _ENTITY_PREFIX
-    add_start, add_end = document._starts.append, document._ends.append
+    add_start, add_end = document.starts.append, document.ends.append
     add_key, add_kind = document.keys.append, document.kinds.append
     first_of, repeated = document.index.setdefault, document.repeated
     position = count = 0
@@ -244,7 +118,7 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
         if key is not None:
             kind = 0
         else:
-            parsed = _parse_line(data[position:end], partial(_line_at, data, position))
+            parsed = _parse_line(data[position:end], partial(line_at, data, position))
             if parsed is None:
                 position = stop + 1
                 continue
@@ -257,16 +131,8 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
             repeated.add(key)
         count += 1
         position = stop + 1
-    document._clean = clean
+    document.clean = clean
     return document
-
-
-def _line_at(data: Buffer, position: int) -> int:
-    """The 1-based line number at byte ``position`` (for error messages only)."""
-    line, at = 1, 0
-    while (at := data.find(b"\n", at, position)) >= 0:
-        line, at = line + 1, at + 1
-    return line
 
 
 def _parse_line(line: bytes, number: Callable[[], int]) -> tuple[Key, int] | None:
@@ -304,8 +170,8 @@ def _walk(base: Document, data: Buffer) -> Side:
     newline = _newline_of(data)
     size = len(data)
     side = Side(Style(JSONL, newline, data[size - 1] == 0x0A, None), len(base))
-    same, keep, index = side.same, side.keep, base.index
-    base_data, base_starts, base_ends = base._data, base._starts, base._ends
+    same = side.same
+    base_data, base_starts, base_ends = base.data, base.starts, base.ends
     count = len(base)
     find = data.find
     expected = position = 0
@@ -341,7 +207,10 @@ def _walk(base: Document, data: Buffer) -> Side:
                     high = middle
             if low > expected:
                 same[expected:low] = _ONES[: low - expected]
-                position += base_starts[low] - base_starts[expected]
+                # Past the line break after the last line kept: the side's own
+                # break, which may not be the ancestor's (LF against CRLF).
+                matched_end = position + base_ends[low - 1] - base_starts[expected]
+                position = find(b"\n", matched_end) + 1
                 expected = low
             stride = 1
         stop = find(b"\n", position)
@@ -349,20 +218,28 @@ def _walk(base: Document, data: Buffer) -> Side:
             stop = size
         end = stop - 1 if stop > position and data[stop - 1] == 0x0D else stop
         line = data[position:end]
-        parsed = _parse_line(line, partial(_line_at, data, position))
+        parsed = _parse_line(line, partial(line_at, data, position))
         position = stop + 1
-        if parsed is None:
-            continue
-        key = parsed[0]
-        found = index.get(key)
-        if found is not None and found >= expected and not same[found]:
-            expected = found + 1
-            if line == base.raw(found):
-                same[found] = 1
-                continue
-        keep(key, line)
+        if parsed is not None:
+            expected = _place_line(side, base, parsed[0], line, expected)
     _settle(side, base)
     return side
+
+
+def _place_line(side: Side, base: Document, key: Key, line: bytes, expected: int) -> int:
+    """Record a side's line that did not line up; the ancestor line expected next after it.
+
+    A line that is a later ancestor record means the ancestor lines before
+    it are missing here (deleted, or moved): the walk resumes after it.
+    """
+    found = base.index.get(key)
+    if found is not None and found >= expected and not side.same[found]:
+        expected = found + 1
+        if line == base.raw(found):
+            side.same[found] = 1
+            return expected
+    side.keep(key, line)
+    return expected
 
 
 def _settle(side: Side, base: Document) -> None:
@@ -416,7 +293,7 @@ def _index_array(data: Buffer) -> Document:
     newline = _newline_of(raw_data)
     style = Style(ARRAY, newline, raw_data.endswith(b"\n"), _indent_of(raw_data))
     document = Document(style)
-    document._raws = raws = []
+    document.raws = raws = []
     for position, value in enumerate(values):
         try:
             key = identify(value)
@@ -424,7 +301,7 @@ def _index_array(data: Buffer) -> Document:
             line = _element_line(raw_data, position)
             raise InputError(f"record {position + 1}: {error.reason}", line=line) from None
         raws.append(orjson.dumps(value))
-        document._add(key, _kind(key))
+        document.add(key, _kind(key))
     return document
 
 
@@ -468,91 +345,3 @@ def _element_line(data: bytes, position: int) -> int:
         start = offset
         _, offset = decoder.raw_decode(text, offset)
     return text.count("\n", 0, start) + 1
-
-
-# A piece of output: a run of ancestor records kept as they were, or one record's bytes.
-Piece: TypeAlias = "tuple[int, int] | bytes"
-
-
-def render(pieces: Iterable[Piece], base: Document, style: Style) -> Iterator[bytes | memoryview]:
-    """The output file, chunk by chunk: ``pieces`` laid out in ``style``."""
-    newline = style.newline or b"\n"
-    if style.format == ARRAY:
-        yield _render_array(_records(pieces, base), style, newline)
-        return
-    first = True
-    for piece in pieces:
-        if not first:
-            yield newline
-        first = False
-        if type(piece) is bytes:
-            yield piece
-            continue
-        start, stop = piece  # a run of ancestor records
-        block = base.block(start, stop, newline)
-        if block is not None:
-            yield block
-        else:
-            yield newline.join(base.raw(i) for i in range(start, stop))
-    if not first and style.final_newline:
-        yield newline
-
-
-def _records(pieces: Iterable[Piece], base: Document) -> Iterator[bytes]:
-    for piece in pieces:
-        if type(piece) is bytes:
-            yield piece
-        else:
-            start, stop = piece
-            yield from (base.raw(i) for i in range(start, stop))
-
-
-def _render_array(records: Iterable[bytes], style: Style, newline: bytes) -> bytes:
-    values = [orjson.loads(raw) for raw in records]
-    indent = b"  " if style.indent is None else style.indent
-    if not indent:
-        body = orjson.dumps(values)
-    else:
-        body = orjson.dumps(values, option=orjson.OPT_INDENT_2)
-        if indent != b"  ":
-            body = b"\n".join(_reindent(line, indent) for line in body.split(b"\n"))
-    if style.final_newline:
-        body += b"\n"
-    return body.replace(b"\n", newline) if newline != b"\n" else body
-
-
-def _reindent(line: bytes, unit: bytes) -> bytes:
-    # orjson indents by two spaces a level, and a JSON string cannot hold a raw
-    # newline, so leading spaces are always indentation.
-    body = line.lstrip(b" ")
-    return unit * ((len(line) - len(body)) // 2) + body
-
-
-def choose_style(base: Style, ours: Style, theirs: Style) -> Style:
-    """The layout of a merge: the ancestor's; where it shows none, the server's.
-
-    So a CRLF repository stays CRLF. The sides are not asked: a small merge
-    result shows nothing of its layout (one line has no line break, an empty
-    file has no final newline), so letting a side's layout count would make
-    the merge of three versions depend on the order they were merged in. The
-    format alone is never lost that way, so for an empty ancestor it is what
-    the sides agree on.
-    """
-    if base.format is not None:
-        return base
-    return agreed_style([ours, theirs])
-
-
-def agreed_style(styles: Iterable[Style]) -> Style:
-    """The layout of a join: the format the files share (else JSONL), laid out as the server does.
-
-    A join has no ancestor to take a layout from, and a small result shows
-    nothing of its line breaks, so taking them from the inputs would make
-    joining three files depend on the order they were joined in.
-    """
-    return Style(_shared([style.format for style in styles]))
-
-
-def _shared(values: list[_T | None]) -> _T | None:
-    seen = {value for value in values if value is not None}
-    return seen.pop() if len(seen) == 1 else None

@@ -19,7 +19,7 @@ from contextlib import ExitStack, suppress
 from typing import TextIO
 
 from crdt_merge_driver.atomic import StrPath, write_atomic
-from crdt_merge_driver.codec import Buffer
+from crdt_merge_driver.document import Buffer
 from crdt_merge_driver.errors import ExitCode, InputError
 from crdt_merge_driver.merge import merge_buffers
 

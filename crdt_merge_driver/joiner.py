@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crdt_merge_driver.atomic import write_atomic
-from crdt_merge_driver.codec import ARRAY, EMPTY, JSONL, Side, Style, agreed_style, diff
+from crdt_merge_driver.codec import diff
+from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Side, Style, agreed_style
 from crdt_merge_driver.errors import CrdtError, InputError
 from crdt_merge_driver.merge import Merged, join
 

@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 
 from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
-from crdt_merge_driver.codec import EMPTY, Buffer, diff
+from crdt_merge_driver.codec import diff
+from crdt_merge_driver.document import EMPTY, Buffer
 from crdt_merge_driver.merge import union
 from crdt_merge_driver.record import Key, Record, decode
 

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 
 from crdt_merge_driver.clock import Stamp, stamp_of
-from crdt_merge_driver.codec import (
+from crdt_merge_driver.codec import diff, parse
+from crdt_merge_driver.document import (
     EMPTY,
     Buffer,
     Document,
@@ -40,8 +41,6 @@ from crdt_merge_driver.codec import (
     Style,
     agreed_style,
     choose_style,
-    diff,
-    parse,
     render,
 )
 from crdt_merge_driver.errors import InputError

@@ -19,7 +19,8 @@ from typing import NamedTuple, TextIO
 
 from crdt_merge_driver import git, install
 from crdt_merge_driver.atomic import write_atomic
-from crdt_merge_driver.codec import EMPTY, JSONL, Side, Style, diff
+from crdt_merge_driver.codec import diff
+from crdt_merge_driver.document import EMPTY, JSONL, Side, Style
 from crdt_merge_driver.errors import CrdtError, InputError
 from crdt_merge_driver.merge import join
 

@@ -221,3 +221,14 @@ def test_a_jsonl_side_of_an_array_ancestor_is_matched_record_by_record() -> None
     merged, report = merge_bytes(base, ours, dumps([ADA, BOB, KNOWS], 2))
     assert merged == dumps([ADA, BOB, CY, KNOWS], 2)
     assert (report.added, report.changed, report.deleted) == (2, 0, 0)
+
+
+def test_a_side_with_other_line_breaks_than_the_ancestor_is_read_line_by_line() -> None:
+    # Found by hypothesis: after a block that differed only in its line breaks
+    # was bisected, the walk stepped by the ancestor's CRLF over the side's LF.
+    lines = [relation("Alice", "Alice", "knows"), relation("Alice", "Alice", "works_on"),
+             relation("Alice", "Bob", "knows")]  # fmt: skip
+    ancestor = b"\r\n".join(lines)
+    side = b"\n".join(lines)
+    merged, _ = merge_bytes(ancestor, side, side + b"\n")
+    assert merged.replace(b"\r\n", b"\n").split(b"\n") == lines
