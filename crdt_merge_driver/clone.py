@@ -40,9 +40,10 @@ class Clone(NamedTuple):
     branch: str
 
     def git(self, *args: str, check: bool = True, stdin: bytes | None = None,
-            timeout: float | None = None) -> git.Result:  # fmt: skip
-        return git.run(*args, cwd=self.top, env=self.env, check=check, stdin=stdin,
-                       timeout=timeout)  # fmt: skip
+            timeout: float | None = None, env: Mapping[str, str] | None = None,
+            ) -> git.Result:  # fmt: skip
+        return git.run(*args, cwd=self.top, env={**self.env, **env} if env else self.env,
+                       check=check, stdin=stdin, timeout=timeout)  # fmt: skip
 
     @property
     def tracking(self) -> str:
@@ -186,22 +187,33 @@ def merge_attributes(clone: Clone, paths: Sequence[str]) -> dict[str, str]:
     return {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}
 
 
+class Object(NamedTuple):
+    oid: str
+    kind: str  # blob, tree, commit
+    data: bytes
+
+
 def read_blobs(clone: Clone, names: Sequence[str]) -> list[bytes | None]:
     """The content of each ``rev:path``, None where it does not exist; one git process."""
+    return [found.data if found else None for found in read_objects(clone, names)]
+
+
+def read_objects(clone: Clone, names: Sequence[str]) -> list[Object | None]:
+    """Each object named (``rev:path``, an id...), None where it does not exist; one git process."""
     if not names:
         return []
     feed = "".join(f"{name}\n" for name in names).encode("utf-8", "surrogateescape")
     data = clone.git("cat-file", "--batch", stdin=feed).stdout
-    blobs: list[bytes | None] = []
+    found: list[Object | None] = []
     at = 0
     for _ in names:
         end = data.index(b"\n", at)
         header = data[at:end].split(b" ")
         if header[-1] == b"missing" or len(header) != 3:
-            blobs.append(None)
+            found.append(None)
             at = end + 1
             continue
         size = int(header[2])
-        blobs.append(data[end + 1 : end + 1 + size])
+        found.append(Object(header[0].decode(), header[1].decode(), data[end + 1 : end + 1 + size]))
         at = end + 1 + size + 1
-    return blobs
+    return found

@@ -8,6 +8,8 @@ observations never counts as a deletion.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from crdt_merge_driver.clone import DRIVER_NAME, PROGRAM, Clone, merge_attributes, read_blobs
 from crdt_merge_driver.codec import parse
 from crdt_merge_driver.errors import InputError, RefusedError
@@ -28,9 +30,19 @@ def check_push(clone: Clone, remote_tip: str | None, head: str, *, allow_mass_de
         return
     blobs = read_blobs(clone, [f"{head}:{path}" for path in memory]
                        + [f"{remote_tip}:{path}" for path in memory if remote_tip])  # fmt: skip
-    for index, path in enumerate(memory):
-        after = _keys(path, blobs[index], clone.where)
-        before = _remote_keys(blobs[len(memory) + index] if remote_tip else None)
+    files = {path: (blobs[len(memory) + index] if remote_tip else None, blobs[index])
+             for index, path in enumerate(memory)}  # fmt: skip
+    check_files(clone, files, allow_mass_delete=allow_mass_delete)
+
+
+def check_files(
+    clone: Clone, files: Mapping[str, tuple[bytes | None, bytes | None]], *,
+    allow_mass_delete: bool,
+) -> None:  # fmt: skip
+    """`check_push` on memory files already read: each path's remote and pushed versions."""
+    for path, (remote, pushed) in files.items():
+        after = _keys(path, pushed, clone.where)
+        before = _remote_keys(remote)
         lost = len(before - after)
         if lost * 2 > len(before) and not allow_mass_delete:
             raise RefusedError(

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from contextlib import suppress
 from pathlib import Path
 from typing import TextIO
 
-from crdt_merge_driver import git, install
+from crdt_merge_driver import git
 from crdt_merge_driver.clone import PROGRAM, Clone, SyncError, say
 from crdt_merge_driver.errors import CrdtError, GitError, RefusedError
-from crdt_merge_driver.lock import group_gone, lock
+from crdt_merge_driver.lock import group_gone
 from crdt_merge_driver.verdict import first_line, redact
 
 # In the git folder (per worktree): the mark of a rebase sync started.
@@ -126,18 +125,6 @@ def recover(clone: Clone, log: TextIO) -> None:
         say(log, f"aborted the rebase an interrupted sync left (pid {left.get('pid', '?')}); "
                  "the local commits are as they were before it")  # fmt: skip
     mark.unlink(missing_ok=True)
-
-
-def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
-    """Abort a rebase a killed sync left in ``repo``, under sync's lock.
-
-    `sync` does this itself; this is for callers (backup) that look at HEAD
-    before they call `sync`, and would otherwise find it detached mid-rebase.
-    """
-    top = install.find_toplevel(repo)
-    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
-    with lock(git_dir, log):
-        recover(Clone(top, git_dir, git.find_common_dir(top), {}, "", "", ""), log)
 
 
 def read_mark(path: Path) -> dict[str, int]:

@@ -25,7 +25,7 @@ from typing import NamedTuple, TextIO
 
 import tenacity
 
-from crdt_merge_driver import git, install
+from crdt_merge_driver import checkout, git, install
 from crdt_merge_driver.clone import (
     ATTRIBUTES,
     PROGRAM,
@@ -39,9 +39,10 @@ from crdt_merge_driver.clone import (
     say,
 )
 from crdt_merge_driver.errors import GaveUpError, GitError
-from crdt_merge_driver.guard import check_push
+from crdt_merge_driver.guard import check_files, check_push
 from crdt_merge_driver.lock import LOCK, lock
-from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover, recover_interrupted
+from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
+from crdt_merge_driver.replay import Memo, replay
 from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
@@ -164,6 +165,7 @@ def sync(
         common = git.find_common_dir(top)
         clone = Clone(top, git_dir, common, env, remote, find_url(top, remote), "")
         recover(clone, log)
+        checkout.recover(clone, log)
         check_idle(clone)
         clone = clone._replace(branch=branch or current_branch(clone))
         commit(clone, [(repo / path).absolute() for path in paths], message, log)
@@ -171,6 +173,20 @@ def sync(
             clone, attempts=attempts, deadline=deadline, allow_mass_delete=allow_mass_delete,
             sleep=sleep, log=log,
         )  # fmt: skip
+
+
+def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
+    """Finish what a killed sync left in ``repo`` (a rebase, a replay), under sync's lock.
+
+    `sync` does this itself; this is for callers (backup) that look at HEAD
+    before they call `sync`, and would otherwise find it detached mid-rebase.
+    """
+    top = install.find_toplevel(repo)
+    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    with lock(git_dir, log):
+        clone = Clone(top, git_dir, git.find_common_dir(top), {}, "", "", "")
+        recover(clone, log)
+        checkout.recover(clone, log)
 
 
 def push_until_landed(
@@ -185,13 +201,17 @@ def push_until_landed(
         return max(started + deadline - clock(), _MIN_NETWORK_TIMEOUT)
 
     policy = retrying(attempts=attempts, deadline=deadline, sleep=sleep, log=log, clock=clock)
+    memo = Memo()
     try:
         for attempt in policy:
             with attempt:
                 number = attempt.retry_state.attempt_number
                 began = clock()
                 try:
-                    pushed = attempt_once(clone, number, remaining, allow_mass_delete, log)
+                    pushed = attempt_once(
+                        clone, number, remaining, allow_mass_delete=allow_mass_delete, log=log,
+                        memo=memo,
+                    )  # fmt: skip
                 except Transient as failure:
                     failure.took = clock() - began
                     raise
@@ -211,19 +231,29 @@ def push_until_landed(
 
 
 def attempt_once(
-    clone: Clone, number: int, timeout: Callable[[], float], allow_mass_delete: bool, log: TextIO
-) -> str | None:
-    """Fetch, rebase, check, push once; the commit pushed, or None if there was nothing to."""
+    clone: Clone, number: int, timeout: Callable[[], float], *, allow_mass_delete: bool,
+    log: TextIO, memo: Memo,
+) -> str | None:  # fmt: skip
+    """Fetch, replay or rebase, check, push once; the commit pushed, or None if nothing to."""
     fetched = fetch(clone, timeout())
     head, remote_tip = _revisions(clone, "HEAD", clone.tracking if fetched else None)
     if head is None:
         return None  # an unborn branch with nothing committed
+    replayed = None
     if remote_tip is not None and head != remote_tip:
-        rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
-        head = _revision(clone, "HEAD") or head
+        replayed = replay(clone, head, remote_tip, memo)
+        if replayed is None:
+            rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
+            memo.forget()
+            head = _revision(clone, "HEAD") or head
+        else:
+            head = replayed.head
     if head == remote_tip:
         return None
-    check_push(clone, remote_tip, head, allow_mass_delete=allow_mass_delete)
+    if replayed is None:
+        check_push(clone, remote_tip, head, allow_mass_delete=allow_mass_delete)
+    else:
+        check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
     push(clone, head, timeout())
     say(log, f"sync attempt {number}: pushed {head[:10]} to {clone.where}")
     return head

@@ -13,20 +13,25 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import orjson
 import pytest
 
+from crdt_merge_driver import checkout as checkout_module
 from crdt_merge_driver import clone as clone_module
+from crdt_merge_driver import git as git_module
 from crdt_merge_driver import lock as lock_module
 from crdt_merge_driver import rebase as rebase_module
+from crdt_merge_driver import replay as replay_module
 from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver import verdict as verdict_module
 from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
@@ -1094,3 +1099,332 @@ def test_a_push_that_repairs_a_damaged_remote_file_is_allowed(
     (server / "memory.jsonl").write_bytes(memory("alice"))  # "deletes" from a file of 0 records
     result, _, _ = run(server)
     assert result.commit is not None and names_on(origin) == {"alice"}
+
+
+# --- the in-process replay ----------------------------------------------------------------------
+#
+# When every local commit only edits or adds memory files, sync replays them itself instead of
+# running `git rebase` (crdt_merge_driver/replay.py). Each test below runs the real git; the
+# reflog says which of the two did the work.
+
+REPLAYED = "crdt-merge-driver sync: replayed onto origin/main"
+
+
+def last_move(clone: Path) -> str:
+    return gitrepo.git(clone, "reflog", "-1", "--format=%gs", "HEAD").strip()
+
+
+def rebased_by_git(clone: Path, tmp_path: Path) -> Path:
+    """A copy of ``clone`` rebased onto its origin/main by git itself, with sync's driver."""
+    copy = tmp_path / f"{clone.name}-rebased-by-git"
+    shutil.copytree(clone, copy, symlinks=True)
+    with sync_module.driver_environment(copy, copy / ".git") as env:
+        done = git_module.run("rebase", "--merge", "--quiet", "origin/main", cwd=copy, env=env,
+                              check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return copy
+
+
+def edits_on_both_sides(laptop: Path, server: Path) -> None:
+    gitrepo.commit_file(laptop, "memory.jsonl", gitrepo.jsonl(
+        gitrepo.entity("alice"), gitrepo.entity("bob", observations=("from the laptop",)),
+        *map(gitrepo.entity, ("carol", "dave", "erin"))))  # fmt: skip
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.write(server, "memory.jsonl", gitrepo.jsonl(
+        gitrepo.entity("alice"), gitrepo.entity("bob", observations=("from the server",)),
+        *map(gitrepo.entity, ("carol", "dave", "frank"))))  # fmt: skip
+    gitrepo.git(server, "add", "memory.jsonl")
+    gitrepo.git(server, "commit", "--quiet", "--author", "Ada Lovelace <ada@example.invalid>",
+                "--date", "2001-02-03T04:05:06+0130", "-m",
+                "frank\n\nand a body,\n\n  indented")  # fmt: skip
+    gitrepo.commit_file(server, "memory-agent.jsonl", memory("agent"), "a new memory file")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank", "gina"), "gina")
+
+
+def a_change_already_upstream(laptop: Path, server: Path) -> None:
+    for clone in (laptop, server):  # the same patch on both sides: rebase drops it
+        gitrepo.commit_file(clone, "memory.jsonl", memory(*SEED, "erin"), f"erin on {clone.name}")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "erin", "frank"), "frank")
+
+
+def a_change_that_becomes_empty(laptop: Path, server: Path) -> None:
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin", "frank"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+
+
+def both_add_one_file_in_a_folder(laptop: Path, server: Path) -> None:
+    gitrepo.commit_file(laptop, "agents/memory-claude.jsonl", memory("from-laptop"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "agents/memory-claude.jsonl", memory("from-server"))
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        edits_on_both_sides,
+        a_change_already_upstream,
+        a_change_that_becomes_empty,
+        both_add_one_file_in_a_folder,
+    ],
+)
+def test_the_replay_makes_the_commits_git_rebase_makes(
+    pair: tuple[Path, Path], origin: Path, tmp_path: Path, history: Callable[[Path, Path], None]
+) -> None:
+    laptop, server = pair
+    history(laptop, server)
+    gitrepo.git(server, "fetch", "--quiet", "origin")
+    by_git = rebased_by_git(server, tmp_path)
+
+    run(server)
+    assert last_move(server) == REPLAYED
+    # Dates are fixed (conftest): the same trees, authors, messages and parents, the same ids.
+    assert gitrepo.head(server) == gitrepo.head(by_git)
+    assert gitrepo.git(server, "status", "--porcelain") == ""
+    assert (server / "memory.jsonl").read_bytes() == (by_git / "memory.jsonl").read_bytes()
+    assert gitrepo.git(origin, "rev-parse", "main").strip() == gitrepo.head(server)
+
+
+def test_the_replay_keeps_author_date_and_message(pair: tuple[Path, Path], origin: Path) -> None:
+    laptop, server = pair
+    edits_on_both_sides(laptop, server)
+    shown = "%an <%ae>|%ad|%B"
+    before = gitrepo.git(server, "log", "--date=raw", f"--format={shown}", "-3")
+    run(server)
+    assert last_move(server) == REPLAYED
+    assert gitrepo.git(origin, "log", "--date=raw", f"--format={shown}", "-3", "main") == before
+    first = gitrepo.git(origin, "log", "-1", "--skip=2", "--format=%an|%ad|%B", "main")
+    message = "frank\n\nand a body,\n\n  indented\n"
+    assert first == f"Ada Lovelace|Sat Feb 3 04:05:06 2001 +0130|{message}\n"
+    assert gitrepo.git(origin, "rev-list", "--count", "main").strip() == "5"  # all replayed
+
+
+def test_a_commit_that_touches_another_file_goes_to_git_rebase(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    run(server, paths=[Path("memory.jsonl"), Path(gitrepo.write(server, "notes.txt", b"n\n").name)])
+    assert last_move(server).startswith("rebase (finish)")
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert remote_file(origin, "notes.txt") == b"n\n"
+
+
+@pytest.mark.parametrize("also_notes", [False, True], ids=["replay", "rebase"])
+def test_a_damaged_remote_file_is_refused_alike_by_replay_and_rebase(
+    pair: tuple[Path, Path], also_notes: bool
+) -> None:
+    laptop, server = pair
+    damaged = memory(*SEED) + b"\n<<<<<<< HEAD\n" + gitrepo.entity("x") + b"\n>>>>>>> theirs"
+    gitrepo.commit_file(laptop, "memory.jsonl", damaged, "a bad text merge")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    if also_notes:
+        gitrepo.write(server, "notes.txt", b"notes\n")
+    before = gitrepo.head(server)
+    with pytest.raises(RefusedError) as error:
+        run(server, paths=[Path("memory.jsonl"), *([Path("notes.txt")] if also_notes else [])])
+    assert str(error.value) == (
+        "memory.jsonl: the version on origin/main is damaged (conflict marker (a text merge was "
+        "left unresolved), line 5), so the driver cannot merge it; nothing pushed, rebase aborted, "
+        "local commits kept. Repair it: delete the conflict-marker lines, run "
+        "`crdt-merge-driver join memory.jsonl -o memory.jsonl`, commit, then sync again"
+    )
+    assert gitrepo.git(server, "rev-parse", "HEAD~1").strip() == before  # only our commit on top
+    assert not rebasing(server) and gitrepo.git(server, "status", "--porcelain") == ""
+
+
+def test_a_commit_made_during_the_replay_is_not_lost(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    write_commits = replay_module._write_commits
+    meanwhile: list[str] = []
+
+    def commit_meanwhile(*args: Any, **options: Any) -> str:
+        # Between the fetch and the move of HEAD, someone commits in this clone.
+        made = write_commits(*args, **options)
+        if not meanwhile:
+            meanwhile.append(gitrepo.commit_file(server, "memory-zoe.jsonl", memory("zoe")))
+        return made
+
+    monkeypatch.setattr(replay_module, "_write_commits", commit_meanwhile)
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    result, log, waits = run(server)
+    assert "sync attempt 1: the local branch moved during the replay" in log
+    assert result.attempts == 2 and len(waits) == 1
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert remote_file(origin, "memory-zoe.jsonl") == memory("zoe")
+    assert last_move(server) == REPLAYED and gitrepo.git(server, "status", "--porcelain") == ""
+
+
+def test_a_dirty_memory_file_goes_to_git_rebase_and_its_autostash(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    gitrepo.commit_file(server, "memory-unchanged.jsonl", memory("unchanged"))
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    gitrepo.write(server, "memory.jsonl", memory(*SEED, "frank", "gina"))  # not committed
+    result, _, _ = run(server, paths=[Path("memory-unchanged.jsonl")])
+    assert result.commit is not None and last_move(server).startswith("rebase (finish)")
+    moves = gitrepo.git(server, "reflog", "--format=%gs", "HEAD").splitlines()
+    assert "crdt-merge-driver sync: replay undone" in moves  # read-tree refused: HEAD went back
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    entities, _ = gitrepo.graph((server / "memory.jsonl").read_bytes())
+    assert set(entities) == {*SEED, "erin", "frank", "gina"}  # kept, still uncommitted
+    assert gitrepo.git(server, "status", "--porcelain") == " M memory.jsonl\n"
+
+
+def test_a_memory_file_touched_but_unchanged_is_still_replayed(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    later = time.time() + 5
+    os.utime(server / "memory.jsonl", (later, later))  # what an editor's save-as-is does
+    run(server)
+    assert last_move(server) == REPLAYED
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+
+
+def test_with_the_kill_switch_git_rebase_does_the_work(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    monkeypatch.setenv("CRDT_MERGE_DRIVER_DISABLE", "1")
+    with pytest.raises(GitError, match=r"stopped on a conflict in memory\.jsonl"):
+        run(server)  # git's text merge, as the driver's kill switch asks
+
+
+def replay_cut_short(laptop: Path, server: Path) -> tuple[str, str]:
+    """What a sync killed between moving HEAD and the work tree leaves: the mark, HEAD moved."""
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    old = gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    gitrepo.git(server, "fetch", "--quiet")
+    merged = gitrepo.git(server, "hash-object", "-w", "--stdin",
+                         input_bytes=memory(*SEED, "erin", "frank")).strip()  # fmt: skip
+    tree = gitrepo.git(server, "mktree", input_bytes=f"100644 blob {merged}\tmemory.jsonl\n"
+                       .encode()).strip()  # fmt: skip
+    new = gitrepo.git(server, "commit-tree", tree, "-p", "origin/main", "-m", "frank").strip()
+    gitrepo.git(server, "update-ref", "HEAD", new, old)
+    versions = {"memory.jsonl": [gitrepo.git(server, "rev-parse", f"{old}:memory.jsonl").strip(),
+                                 merged]}  # fmt: skip
+    mark = {"pid": 99999999, "pgid": 99999999, "paths": versions}
+    (server / ".git" / checkout_module.REPLAY_MARK).write_bytes(orjson.dumps(mark))
+    return old, new
+
+
+def test_a_replay_killed_before_the_work_tree_followed_is_finished(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    _, new = replay_cut_short(laptop, server)
+    # Without the recovery, sync would commit the old file on top: erin deleted.
+    result, log, _ = run(server)
+    assert "finished the replay an interrupted sync left (pid 99999999)" in log
+    assert "committed" not in log and result.commit == new
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert not (server / ".git" / checkout_module.REPLAY_MARK).exists()
+
+
+def test_an_edit_made_while_a_replay_was_cut_short_is_kept(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    replay_cut_short(laptop, server)
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "erin", "frank", "gina"))
+    (server / ".git" / "index.lock").write_text("")  # and git was killed holding the index
+    log = io.StringIO()
+    sync_module.recover_interrupted(repo=server, log=log)
+    assert "warning: memory.jsonl changed while an interrupted sync was replaying" in log.getvalue()
+    assert not (server / ".git" / "index.lock").exists()
+    run(server)
+    assert names_on(origin) == {*SEED, "erin", "frank", "gina"}
+
+
+def the_same_file_on_both_sides(laptop: Path, server: Path) -> None:
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin", "frank"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "erin", "frank"))  # another patch
+
+
+def a_merge_among_the_local_commits(laptop: Path, server: Path) -> None:
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "checkout", "--quiet", "-b", "side")
+    gitrepo.commit_file(server, "memory-agent.jsonl", memory("agent"))
+    gitrepo.git(server, "checkout", "--quiet", "main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    gitrepo.git(server, "merge", "--quiet", "--no-ff", "--no-edit", "side")
+
+
+def a_file_the_remote_renamed(laptop: Path, server: Path) -> None:
+    gitrepo.git(laptop, "mv", "memory.jsonl", "memory-main.jsonl")
+    gitrepo.git(laptop, "commit", "--quiet", "-m", "rename")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+
+
+def other_attributes_on_the_remote(laptop: Path, server: Path) -> None:
+    gitrepo.write(laptop, ".gitattributes", b"memory.jsonl merge=union\n")
+    gitrepo.write(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.commit(laptop, "union from now on")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+
+
+def a_message_in_another_encoding(laptop: Path, server: Path) -> None:
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.write(server, "memory.jsonl", memory(*SEED, "frank"))
+    gitrepo.git(server, "-c", "i18n.commitEncoding=ISO-8859-1", "commit", "--quiet", "-am", "f")
+
+
+@pytest.mark.parametrize(
+    ("history", "by"),
+    [
+        (the_same_file_on_both_sides, REPLAYED),
+        (a_merge_among_the_local_commits, "rebase (finish)"),
+        (a_file_the_remote_renamed, "rebase (finish)"),
+        (other_attributes_on_the_remote, "rebase (finish)"),
+        (a_message_in_another_encoding, "rebase (finish)"),
+    ],
+)
+def test_what_the_replay_leaves_to_git_rebase_comes_out_as_git_makes_it(
+    pair: tuple[Path, Path], tmp_path: Path, history: Callable[[Path, Path], None], by: str
+) -> None:
+    laptop, server = pair
+    history(laptop, server)
+    gitrepo.git(server, "fetch", "--quiet", "origin")
+    by_git = rebased_by_git(server, tmp_path)
+    run(server)
+    assert last_move(server).startswith(by)
+    assert gitrepo.head(server) == gitrepo.head(by_git)
+
+
+def test_a_damaged_replay_mark_and_an_index_lock_stop_sync(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    mark = laptop / ".git" / checkout_module.REPLAY_MARK
+    mark.write_text("not json")
+    lock = laptop / ".git" / "index.lock"
+    lock.write_text("")
+    with pytest.raises(SyncError, match=r"index\.lock, and a process of its group may still"):
+        run(laptop)  # whose sync it was is unknown: it might still run
+    lock.unlink()
+    result, log, _ = run(laptop)
+    assert "finished the replay an interrupted sync left (pid ?)" in log
+    assert not mark.exists() and result.commit is None

@@ -1,0 +1,369 @@
+"""Replay local commits that change only memory files onto the remote's, in this process.
+
+`git rebase` starts the merge driver, a Python process, for every memory
+file both sides changed: about half of what a sync attempt cost (docs/sync.md,
+"Speed"). When every local commit to land only edits or adds memory files,
+as sync's own commits and backup's do, this does what that rebase would do
+without it. Each local commit in turn: the parent's, the current tip's and
+the commit's version of each file it changed, merged with `merge_bytes`
+exactly as the driver merges them during a rebase (%O the parent, %A the
+upstream plus what is already replayed, %B the commit); a new tree; a commit
+with the original author, date and message. Like the rebase, a commit
+already upstream or left empty by the merge is dropped, and leading commits
+that already sit on the tip are kept as they are. Then HEAD moves only if it
+is still where it was (a commit made meanwhile is never lost) and the work
+tree follows for the files that changed.
+
+Whatever git might do differently goes to `git rebase`: `replay` returns
+None for a merge or root commit, any change but an edit or addition of a
+file the driver is attached to, a mode change, a file the upstream deleted,
+renamed or re-moded, attributes that differ between the two sides, an
+encoding header, signed commits, the driver's kill switch, or a changed
+file that is not clean in the work tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+from crdt_merge_driver.checkout import Versions, move_head
+from crdt_merge_driver.clone import (
+    DRIVER_NAME,
+    PROGRAM,
+    Clone,
+    Object,
+    merge_attributes,
+    read_objects,
+)
+from crdt_merge_driver.driver import KILL_SWITCH
+from crdt_merge_driver.errors import InputError
+from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.rebase import refuse_damaged
+
+# The commits rebase would replay, oldest first, with what each changed.
+_LOG = ("log", "-z", "--reverse", "--topo-order", "--right-only", "--cherry-mark",
+        "--no-renames", "--raw", "--no-abbrev", "--no-color", "--no-show-signature",
+        "--no-ext-diff", "--no-relative", "--format=%m %H %P")  # fmt: skip
+_PLAIN = ("100644", "100755")  # regular files; a symlink or a submodule goes to git
+_AUTHOR = re.compile(rb"author (?P<name>[^<>\n]*) <(?P<email>[^<>\n]*)> (?P<date>\d+ [+-]\d{4})$")
+_CRUD = bytes(range(33)) + b".,:;<>\"\\'"  # what git strips from the ends of a name or email
+
+
+class Change(NamedTuple):
+    path: str
+    mode: str
+    before: str | None  # the blob in the parent; None when the commit adds the file
+    after: str
+
+
+class Pick(NamedTuple):
+    commit: str
+    parent: str
+    upstream: bool  # --cherry-mark's "=": the same change is upstream, rebase drops it
+    changes: list[Change]
+
+
+class Replayed(NamedTuple):
+    head: str
+    # Each memory file the push changes: the remote's version, the pushed one.
+    files: dict[str, tuple[bytes | None, bytes | None]]
+
+
+class Memo:
+    """What a sync learns once and every attempt reuses."""
+
+    def __init__(self) -> None:
+        self.attributes: dict[str, str] = {}
+        self.signing: bool | None = None
+
+    def forget(self) -> None:
+        # git rebase may have brought a new .gitattributes.
+        self.attributes.clear()
+
+
+def replay(clone: Clone, head: str, onto: str, memo: Memo) -> Replayed | None:
+    """Land the local commits on ``onto`` as git rebase would; None: leave it to git rebase."""
+    if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
+        return None  # the driver would defer to git's text merge
+    picks = _picks(clone, onto, head)
+    if picks is None or not _attached(clone, picks, memo) or _signing(clone, memo):
+        return None
+    base, rewrite = _skip_kept(onto, [pick for pick in picks if not pick.upstream])
+    paths = sorted({change.path for pick in picks for change in pick.changes})
+    objects = _Objects(clone, head, onto, base, paths=paths, rewrite=rewrite)
+    if not objects.same_attributes() or not all(map(objects.fits, rewrite)):
+        return None
+    state = {path: objects.at(base, path) for path in paths}
+    steps = [_apply(clone, pick, state, objects) for pick in rewrite]
+    merged = [found.data for step in steps for _, found in step.values() if found.oid is None]
+    ids = _write_blobs(clone, [data for data in dict.fromkeys(merged) if data is not None])
+    new_head = _write_commits(clone, base, rewrite, steps, ids=ids, objects=objects)
+    final = {path: _File(found.oid or ids.get(found.data or b""), found.data)
+             for path, found in state.items()}  # fmt: skip
+    versions: Versions = {path: (objects.id_at(head, path), found.oid)
+                          for path, found in final.items()}  # fmt: skip
+    if new_head != head and not move_head(clone, head, new_head, versions):
+        return None  # a changed file is not clean: git rebase --autostash handles that
+    files = {path: (objects.data_at(onto, path), found.data) for path, found in final.items()
+             if objects.data_at(onto, path) != found.data}  # fmt: skip
+    return Replayed(new_head, files)
+
+
+def _picks(clone: Clone, onto: str, head: str) -> list[Pick] | None:
+    data = clone.git(*_LOG, f"{onto}...{head}").stdout
+    picks: list[Pick] = []
+    tokens = iter(data.split(b"\0"))
+    for token in tokens:
+        token = token.lstrip(b"\n")  # noqa: PLW2901  # the newline git puts before a raw diff
+        if not token:
+            continue
+        if token.startswith(b":") and picks:
+            old_mode, new_mode, old_id, new_id, status = token[1:].decode().split()
+            path = next(tokens).decode("utf-8", "surrogateescape")
+            if (
+                status not in ("M", "A")
+                or new_mode not in _PLAIN
+                or (status == "M" and old_mode != new_mode)
+            ):
+                return None  # deleted, a type change, a mode change, a symlink...
+            before = old_id if status == "M" else None
+            picks[-1].changes.append(Change(path, new_mode, before, new_id))
+            continue
+        mark, commit, *parents = token.decode().split(" ")
+        if len(parents) != 1:
+            return None  # a merge (rebase would drop it) or a root commit
+        picks.append(Pick(commit, parents[0], mark == "=", []))
+    if not picks or not all(pick.changes for pick in picks):
+        return None  # HEAD is behind (a fast-forward), or an empty commit
+    return picks
+
+
+def _attached(clone: Clone, picks: list[Pick], memo: Memo) -> bool:
+    paths = {change.path for pick in picks for change in pick.changes}
+    unknown = sorted(paths - memo.attributes.keys())
+    memo.attributes.update(merge_attributes(clone, unknown))
+    return all(memo.attributes.get(path) == DRIVER_NAME for path in paths)
+
+
+def _signing(clone: Clone, memo: Memo) -> bool:
+    # git rebase signs the commits it writes when commit.gpgSign is on; commit-tree never does.
+    if memo.signing is None:
+        said = clone.git("config", "--type=bool", "--get", "commit.gpgSign", check=False)
+        memo.signing = said.stdout.strip() == b"true"
+    return memo.signing
+
+
+def _skip_kept(onto: str, picks: list[Pick]) -> tuple[str, list[Pick]]:
+    """Like git rebase, keep the leading commits that already sit on ``onto`` as they are."""
+    base = onto
+    for index, pick in enumerate(picks):
+        if pick.parent != base:
+            return base, picks[index:]
+        base = pick.commit
+    return base, []
+
+
+class _File(NamedTuple):
+    oid: str | None  # None: not written yet (a merge result), or absent when data is None
+    data: bytes | None
+
+
+_Step = dict[str, tuple[str, _File]]  # what one commit changes: path -> (mode, file)
+
+
+class _Objects:
+    """Everything the replay reads, in one ``git cat-file --batch``."""
+
+    def __init__(
+        self, clone: Clone, head: str, onto: str, base: str, *, paths: list[str],
+        rewrite: list[Pick],
+    ) -> None:  # fmt: skip
+        self.head, self.onto = head, onto
+        self.folders = sorted({_folder(path) for path in paths})
+        names = [f"{rev}:{path}" for rev in dict.fromkeys((head, onto, base)) for path in paths]
+        names += [f"{rev}:{folder}{'/' if folder else ''}.gitattributes"
+                  for rev in (head, onto) for folder in _ancestors(self.folders)]  # fmt: skip
+        names += [f"{rev}:{folder}" for rev in (base, *(pick.parent for pick in rewrite))
+                  for folder in self.folders]  # fmt: skip
+        names += [pick.commit for pick in rewrite]
+        names += [oid for pick in rewrite for change in pick.changes
+                  for oid in (change.before, change.after) if oid]  # fmt: skip
+        names = list(dict.fromkeys(names))
+        self.found: dict[str, Object | None] = dict(zip(names, read_objects(clone, names),
+                                                        strict=True))  # fmt: skip
+        self.base = base
+
+    def at(self, rev: str, path: str) -> _File:
+        found = self.found[f"{rev}:{path}"]
+        return _File(found.oid, found.data) if found else _File(None, None)
+
+    def id_at(self, rev: str, path: str) -> str | None:
+        return self.at(rev, path).oid
+
+    def data_at(self, rev: str, path: str) -> bytes | None:
+        return self.at(rev, path).data
+
+    def blob(self, oid: str) -> bytes:
+        found = self.found[oid]
+        assert found is not None  # named by the commit that holds it
+        return found.data
+
+    def same_attributes(self) -> bool:
+        # During a rebase git reads .gitattributes from the upstream's tree;
+        # check-attr read this work tree's. Replay only where they agree.
+        return all(
+            _oid(self.found[f"{self.head}:{name}"]) == _oid(self.found[f"{self.onto}:{name}"])
+            for folder in _ancestors(self.folders)
+            for name in [f"{folder}{'/' if folder else ''}.gitattributes"]
+        )
+
+    def fits(self, pick: Pick) -> bool:
+        """Whether each change lands on a file (or folder) the upstream has as the parent had."""
+        for change in pick.changes:
+            folder = self.found[f"{self.base}:{_folder(change.path)}"]
+            if folder is None and self.found[f"{pick.parent}:{_folder(change.path)}"] is None:
+                continue  # a new folder (one the upstream removed, git might follow to a rename)
+            if folder is None or folder.kind != "tree":
+                return False
+            mode = _modes(folder.data, len(folder.oid) // 2).get(PurePosixPath(change.path).name)
+            if (change.before is not None or mode is not None) and mode != change.mode:
+                return False  # deleted, renamed, re-moded upstream, or not a file there
+        return _representable(self.commit(pick.commit).data)
+
+    def commit(self, oid: str) -> Object:
+        found = self.found[oid]
+        assert found is not None
+        return found
+
+
+def _representable(raw: bytes) -> bool:
+    """Whether commit-tree can write this commit's author and message back byte for byte."""
+    header = raw.partition(b"\n\n")[0].split(b"\n")
+    if any(line.startswith(b"encoding ") for line in header):
+        return False  # git rebase re-encodes the message
+    authors = [found for line in header if (found := _AUTHOR.fullmatch(line))]
+    return len(authors) == 1 and all(
+        value and value.strip(_CRUD) == value for value in (authors[0]["name"], authors[0]["email"])
+    )
+
+
+def _folder(path: str) -> str:
+    parent = str(PurePosixPath(path).parent)
+    return "" if parent == "." else parent
+
+
+def _ancestors(folders: Iterable[str]) -> list[str]:
+    every = {""}
+    for folder in folders:
+        parts = PurePosixPath(folder).parts
+        every.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    return sorted(every)
+
+
+def _oid(found: Object | None) -> str | None:
+    return found.oid if found else None
+
+
+def _modes(tree: bytes, width: int) -> dict[str, str]:
+    """The mode of each entry of a raw tree object (``<mode> <name>\\0<id>``...)."""
+    modes: dict[str, str] = {}
+    at = 0
+    while at < len(tree):
+        space = tree.index(b" ", at)
+        end = tree.index(b"\0", space)
+        modes[tree[space + 1 : end].decode("utf-8", "surrogateescape")] = tree[at:space].decode()
+        at = end + 1 + width
+    return modes
+
+
+def _apply(clone: Clone, pick: Pick, state: dict[str, _File], objects: _Objects) -> _Step:
+    """Apply one commit to ``state`` as git and the driver would; what it changes there."""
+    step: _Step = {}
+    for change in pick.changes:
+        ours, theirs = state[change.path], objects.blob(change.after)
+        base = objects.blob(change.before) if change.before else b""  # added: an empty %O
+        if ours.data is None or (change.before is not None and ours.data == base):
+            result = _File(change.after, theirs)  # only the commit changed it
+        elif ours.data == theirs:
+            result = ours
+        else:
+            result = _File(None, _merge_file(clone, change.path, base, ours.data, theirs))
+        if result.data != ours.data:
+            step[change.path] = (change.mode, result)
+        state[change.path] = result
+    return step
+
+
+def _merge_file(clone: Clone, path: str, base: bytes, ours: bytes, theirs: bytes) -> bytes:
+    labels = (f"{path} (ancestor, %O)", f"{path} (ours, %A)", f"{path} (theirs, %B)")
+    try:
+        merged, _ = merge_bytes(base, ours, theirs, labels=labels)
+    except InputError as error:
+        side = "OAB"[labels.index(error.source)] if error.source in labels else "A"
+        line = str(error.line) if error.line is not None else None
+        raise refuse_damaged(clone, path, side, error.reason, line) from None
+    return merged
+
+
+def _write_blobs(clone: Clone, contents: list[bytes]) -> dict[bytes, str]:
+    """Store the merge results, all in one git process; the id of each."""
+    if not contents:
+        return {}
+    if len(contents) == 1:
+        written = clone.git("hash-object", "-w", "--stdin", stdin=contents[0]).stdout
+        return {contents[0]: written.decode().strip()}
+    with tempfile.TemporaryDirectory(prefix=f"{PROGRAM}-sync.", dir=clone.git_dir) as folder:
+        names = []
+        for number, data in enumerate(contents):
+            name = Path(folder) / str(number)
+            name.write_bytes(data)
+            names.append(str(name))
+        feed = "".join(f"{name}\n" for name in names).encode()
+        written = clone.git("hash-object", "-w", "--no-filters", "--stdin-paths", stdin=feed).stdout
+    return dict(zip(contents, written.decode().split(), strict=True))
+
+
+def _write_commits(
+    clone: Clone, base: str, rewrite: list[Pick], steps: list[_Step], *,
+    ids: Mapping[bytes, str], objects: _Objects,
+) -> str:  # fmt: skip
+    """A tree and a commit for each pick that still changes something; the last commit."""
+    parent = base
+    index = clone.git_dir / f"{PROGRAM}-sync.{os.getpid()}.index"
+    scratch = {"GIT_INDEX_FILE": str(index)}
+    try:
+        clone.git("read-tree", base, env=scratch)
+        for pick, step in zip(rewrite, steps, strict=True):
+            if not step:
+                continue  # the change is already upstream: git rebase drops the commit
+            feed = b"".join(
+                f"{mode} {found.oid or ids[found.data or b'']}\t".encode()
+                + path.encode("utf-8", "surrogateescape") + b"\0"
+                for path, (mode, found) in step.items()
+            )  # fmt: skip
+            clone.git("update-index", "-z", "--index-info", stdin=feed, env=scratch)
+            tree = clone.git("write-tree", env=scratch).stdout.decode().strip()
+            author, message = _authorship(objects.commit(pick.commit).data)
+            made = clone.git("commit-tree", tree, "-p", parent, stdin=message, env=author)
+            parent = made.stdout.decode().strip()
+    finally:
+        index.unlink(missing_ok=True)
+    return parent
+
+
+def _authorship(raw: bytes) -> tuple[dict[str, str], bytes]:
+    """The author of a raw commit object, as git's environment, and its message."""
+    header, _, message = raw.partition(b"\n\n")
+    for line in header.split(b"\n"):
+        found = _AUTHOR.fullmatch(line)
+        if found:
+            name, email, date = (found[key].decode("utf-8", "surrogateescape")
+                                 for key in ("name", "email", "date"))  # fmt: skip
+            return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+                    "GIT_AUTHOR_DATE": f"@{date}"}, message  # fmt: skip
+    raise AssertionError("checked by _Objects.fits")  # pragma: no cover
