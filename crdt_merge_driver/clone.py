@@ -91,8 +91,10 @@ def driver_environment(top: Path, git_dir: Path) -> Iterator[dict[str, str]]:
 
 def _user_attributes(top: Path) -> bytes:
     # core.attributesFile from the command line replaces the user's own: keep its lines.
+    # Unset in every scope, git reads $XDG_CONFIG_HOME/git/attributes.
     configured = git.read_config("core.attributesFile", cwd=top, path=True)
-    path = Path(configured) if configured else install.find_global_attributes(top)
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    path = Path(configured) if configured else Path(config_home) / "git" / "attributes"
     try:
         return path.read_bytes()
     except OSError:
@@ -122,13 +124,16 @@ def identity(top: Path) -> dict[str, str]:
 
 
 def find_url(top: Path, remote: str) -> str:
+    found = git.run("remote", "get-url", remote, cwd=top, check=False)
+    if found.returncode == 0:
+        return redact(found.stdout.decode("utf-8", "replace").strip())
     remotes = git.output("remote", cwd=top).split()
     if remote not in remotes:
         raise SyncError(
             f"unknown remote {remote!r}: this clone has "
             f"{', '.join(remotes) or 'no remotes'}; pass --remote NAME, or `git remote add`"
         )
-    return redact(git.output("remote", "get-url", remote, cwd=top))
+    return redact(git.output("remote", "get-url", remote, cwd=top))  # fails with git's words
 
 
 def current_branch(clone: Clone) -> str:

@@ -230,7 +230,7 @@ class _Objects:
                 continue  # a new folder (one the upstream removed, git might follow to a rename)
             if folder is None or folder.kind != "tree":
                 return False
-            mode = _modes(folder.data, len(folder.oid) // 2).get(PurePosixPath(change.path).name)
+            mode, _ = _entries(folder).get(PurePosixPath(change.path).name, (None, None))
             if (change.before is not None or mode is not None) and mode != change.mode:
                 return False  # deleted, renamed, re-moded upstream, or not a file there
         return _representable(self.commit(pick.commit).data)
@@ -269,16 +269,30 @@ def _oid(found: Object | None) -> str | None:
     return found.oid if found else None
 
 
-def _modes(tree: bytes, width: int) -> dict[str, str]:
-    """The mode of each entry of a raw tree object (``<mode> <name>\\0<id>``...)."""
-    modes: dict[str, str] = {}
+def _entries(tree: Object) -> dict[str, tuple[str, str]]:
+    """Each entry of a raw tree object (``<mode> <name>\\0<id>``...): name -> (mode, id)."""
+    width = len(tree.oid) // 2  # the binary id: 20 bytes for SHA-1, 32 for SHA-256
+    entries: dict[str, tuple[str, str]] = {}
     at = 0
-    while at < len(tree):
-        space = tree.index(b" ", at)
-        end = tree.index(b"\0", space)
-        modes[tree[space + 1 : end].decode("utf-8", "surrogateescape")] = tree[at:space].decode()
+    while at < len(tree.data):
+        space = tree.data.index(b" ", at)
+        end = tree.data.index(b"\0", space)
+        name = tree.data[space + 1 : end].decode("utf-8", "surrogateescape")
+        entries[name] = (
+            _canonical(tree.data[at:space]),
+            tree.data[end + 1 : end + 1 + width].hex(),
+        )
         at = end + 1 + width
-    return modes
+    return entries
+
+
+def _canonical(mode: bytes) -> str:
+    # As git reads trees (tree-walk's canon_mode), so the trees written match git's.
+    value = int(mode, 8)
+    kind = value & 0o170000
+    if kind == 0o100000:
+        return "100755" if value & 0o100 else "100644"
+    return {0o040000: "40000", 0o120000: "120000"}.get(kind, "160000")
 
 
 def _apply(clone: Clone, pick: Pick, state: dict[str, _File], objects: _Objects) -> _Step:
@@ -333,27 +347,67 @@ def _write_commits(
     ids: Mapping[bytes, str], objects: _Objects,
 ) -> str:  # fmt: skip
     """A tree and a commit for each pick that still changes something; the last commit."""
+    changes = [{path: (mode, found.oid or ids[found.data or b""])
+                for path, (mode, found) in step.items()} for step in steps]  # fmt: skip
+    root = objects.found.get(f"{base}:")
+    flat = root is not None and all(_plain(path) for change in changes for path in change)
+    if flat and root is not None and all(map(_plain, _entries(root))):
+        trees = _trees_by_mktree(clone, _entries(root), changes)
+    else:
+        trees = _trees_by_index(clone, base, changes)
     parent = base
+    for pick, tree in zip(rewrite, trees, strict=True):
+        if tree is None:
+            continue  # the change is already upstream: git rebase drops the commit
+        author, message = _authorship(objects.commit(pick.commit).data)
+        made = clone.git("commit-tree", tree, "-p", parent, stdin=message, env=author)
+        parent = made.stdout.decode().strip()
+    return parent
+
+
+_Changes = dict[str, tuple[str, str]]  # path -> (mode, blob id)
+
+
+def _plain(name: str) -> bool:
+    # A name mktree reads back as written: no folder, quoting or control character.
+    return name.isprintable() and not name.startswith('"') and "/" not in name and "\\" not in name
+
+
+def _trees_by_mktree(
+    clone: Clone, entries: dict[str, tuple[str, str]], changes: list[_Changes]
+) -> list[str | None]:
+    """Each pick's tree, when it changes only files at the top: one ``git mktree --batch``."""
+    kinds = {"40000": "tree", "160000": "commit"}
+    feed = []
+    for change in changes:
+        if change:
+            entries = {**entries, **change}
+            feed.append("".join(f"{mode} {kinds.get(mode, 'blob')} {oid}\t{name}\n"
+                                for name, (mode, oid) in entries.items()))  # fmt: skip
+    made = clone.git("mktree", "--batch", "--missing",
+                     stdin="\n".join(feed).encode("utf-8", "surrogateescape")).stdout  # fmt: skip
+    trees = iter(made.decode().split())
+    return [next(trees) if change else None for change in changes]
+
+
+def _trees_by_index(clone: Clone, base: str, changes: list[_Changes]) -> list[str | None]:
+    """Each pick's tree, through a scratch index (files in folders)."""
     index = clone.git_dir / f"{PROGRAM}-sync.{os.getpid()}.index"
     scratch = {"GIT_INDEX_FILE": str(index)}
+    trees: list[str | None] = []
     try:
         clone.git("read-tree", base, env=scratch)
-        for pick, step in zip(rewrite, steps, strict=True):
-            if not step:
-                continue  # the change is already upstream: git rebase drops the commit
-            feed = b"".join(
-                f"{mode} {found.oid or ids[found.data or b'']}\t".encode()
-                + path.encode("utf-8", "surrogateescape") + b"\0"
-                for path, (mode, found) in step.items()
-            )  # fmt: skip
+        for change in changes:
+            if not change:
+                trees.append(None)
+                continue
+            feed = b"".join(f"{mode} {oid}\t".encode() + path.encode("utf-8", "surrogateescape")
+                            + b"\0" for path, (mode, oid) in change.items())  # fmt: skip
             clone.git("update-index", "-z", "--index-info", stdin=feed, env=scratch)
-            tree = clone.git("write-tree", env=scratch).stdout.decode().strip()
-            author, message = _authorship(objects.commit(pick.commit).data)
-            made = clone.git("commit-tree", tree, "-p", parent, stdin=message, env=author)
-            parent = made.stdout.decode().strip()
+            trees.append(clone.git("write-tree", env=scratch).stdout.decode().strip())
     finally:
         index.unlink(missing_ok=True)
-    return parent
+    return trees
 
 
 def _authorship(raw: bytes) -> tuple[dict[str, str], bytes]:

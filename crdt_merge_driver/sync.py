@@ -291,7 +291,9 @@ def fetch(clone: Clone, timeout: float) -> bool:
     # A shallow clone may lack the merge base the rebase needs: fetch all of
     # the branch's history, once (the shallow file goes with it).
     shallow = (clone.common_dir / "shallow").exists()
-    args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+    # No housekeeping after each fetch (git maintenance --auto, a process
+    # every attempt): sync's own commit, like any git commit, still runs it.
+    args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance",
             *(["--unshallow"] if shallow else [])]  # fmt: skip
     refspec = f"+refs/heads/{clone.branch}:{clone.tracking}"
     result = _network(clone, *args, clone.remote, refspec, timeout=timeout)
