@@ -1,10 +1,11 @@
 """Move HEAD to the replayed commits and the work tree with it, and finish after a kill.
 
-HEAD moves first, with its old value as a condition (``git update-ref``), so
-that a commit made meanwhile is never lost: the attempt is tried again with
-it. Then ``git read-tree -m -u`` brings the changed files to the new commit;
-it writes nothing if one of them is not clean, and then HEAD goes back and
-git rebase --autostash does the work instead.
+Sync does this once the remote has the replayed commits. HEAD moves first,
+with its old value as a condition (``git update-ref``), so that a commit
+made meanwhile is never lost: the attempt is tried again with it. Then
+``git read-tree -m -u`` brings the changed files to the new commit; it
+writes nothing if one of them is not clean, and then HEAD goes back and
+git rebase --autostash onto the pushed commit does the work instead.
 
 Between the two, HEAD and the work tree disagree: a sync killed there would
 leave memory files that look like a change which undoes the merge, and the
@@ -22,12 +23,21 @@ import orjson
 
 from crdt_merge_driver.clone import PROGRAM, Clone, SyncError, say
 from crdt_merge_driver.lock import group_gone
+from crdt_merge_driver.rebase import rebase
 from crdt_merge_driver.verdict import Transient
 
 # In the git folder (per worktree): the files of a replay that is moving HEAD.
 REPLAY_MARK = "crdt-merge-driver-sync.replaying"
 
 Versions = dict[str, tuple[str | None, str | None]]  # path -> (blob at the old HEAD, at the new)
+
+
+def follow(clone: Clone, old: str, new: str, versions: Versions, log: TextIO) -> None:
+    """Bring HEAD (at ``old``) and the work tree to ``new``, the replayed commits."""
+    if new != old and not move_head(clone, old, new, versions):
+        # A changed file is not clean: the rebase's autostash keeps the edit. The local
+        # commits are in ``new`` already, so the rebase drops them or leaves them empty.
+        rebase(clone, new, log)
 
 
 def move_head(clone: Clone, old: str, new: str, versions: Versions) -> bool:

@@ -10,16 +10,17 @@ exactly as the driver merges them during a rebase (%O the parent, %A the
 upstream plus what is already replayed, %B the commit); a new tree; a commit
 with the original author, date and message. Like the rebase, a commit
 already upstream or left empty by the merge is dropped, and leading commits
-that already sit on the tip are kept as they are. Then HEAD moves only if it
-is still where it was (a commit made meanwhile is never lost) and the work
-tree follows for the files that changed.
+that already sit on the tip are kept as they are.
+
+HEAD does not move here: sync pushes the replayed commits first and then
+moves HEAD and the work tree there (`checkout.follow`), so an attempt that
+loses the race leaves the clone as it was and costs two git processes less.
 
 Whatever git might do differently goes to `git rebase`: `replay` returns
 None for a merge or root commit, any change but an edit or addition of a
 file the driver is attached to, a mode change, a file the upstream deleted,
 renamed or re-moded, attributes that differ between the two sides, an
-encoding header, signed commits, the driver's kill switch, or a changed
-file that is not clean in the work tree.
+encoding header, signed commits, or the driver's kill switch.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from crdt_merge_driver.checkout import Versions, move_head
+from crdt_merge_driver.checkout import Versions
 from crdt_merge_driver.clone import (
     DRIVER_NAME,
     PROGRAM,
@@ -69,9 +70,10 @@ class Pick(NamedTuple):
 
 
 class Replayed(NamedTuple):
-    head: str
+    head: str  # the last replayed commit; HEAD is not there yet (see `checkout.move_head`)
     # Each memory file the push changes: the remote's version, the pushed one.
     files: dict[str, tuple[bytes | None, bytes | None]]
+    versions: Versions  # each changed file's blob at HEAD and at ``head``
 
 
 class Memo:
@@ -107,11 +109,9 @@ def replay(clone: Clone, head: str, onto: str, memo: Memo) -> Replayed | None:
              for path, found in state.items()}  # fmt: skip
     versions: Versions = {path: (objects.id_at(head, path), found.oid)
                           for path, found in final.items()}  # fmt: skip
-    if new_head != head and not move_head(clone, head, new_head, versions):
-        return None  # a changed file is not clean: git rebase --autostash handles that
     files = {path: (objects.data_at(onto, path), found.data) for path, found in final.items()
              if objects.data_at(onto, path) != found.data}  # fmt: skip
-    return Replayed(new_head, files)
+    return Replayed(new_head, files, versions)
 
 
 def _picks(clone: Clone, onto: str, head: str) -> list[Pick] | None:

@@ -42,7 +42,7 @@ from crdt_merge_driver.errors import GaveUpError, GitError
 from crdt_merge_driver.guard import check_files, check_push
 from crdt_merge_driver.lock import LOCK, lock
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
-from crdt_merge_driver.replay import Memo, replay
+from crdt_merge_driver.replay import Memo, Replayed, replay
 from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
@@ -239,24 +239,37 @@ def attempt_once(
     head, remote_tip = _revisions(clone, "HEAD", clone.tracking if fetched else None)
     if head is None:
         return None  # an unborn branch with nothing committed
-    replayed = None
     if remote_tip is not None and head != remote_tip:
         replayed = replay(clone, head, remote_tip, memo)
-        if replayed is None:
-            rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
-            memo.forget()
-            head = _revision(clone, "HEAD") or head
-        else:
-            head = replayed.head
+        if replayed is not None:
+            return _land_replayed(
+                clone, replayed, head=head, remote_tip=remote_tip, number=number,
+                timeout=timeout, allow_mass_delete=allow_mass_delete, log=log,
+            )  # fmt: skip
+        rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
+        memo.forget()
+        head = _revision(clone, "HEAD") or head
     if head == remote_tip:
         return None
-    if replayed is None:
-        check_push(clone, remote_tip, head, allow_mass_delete=allow_mass_delete)
-    else:
-        check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
+    check_push(clone, remote_tip, head, allow_mass_delete=allow_mass_delete)
     push(clone, head, timeout())
     say(log, f"sync attempt {number}: pushed {head[:10]} to {clone.where}")
     return head
+
+
+def _land_replayed(
+    clone: Clone, replayed: Replayed, *, head: str, remote_tip: str, number: int,
+    timeout: Callable[[], float], allow_mass_delete: bool, log: TextIO,
+) -> str | None:  # fmt: skip
+    """Check and push the replayed commits, then bring HEAD there; HEAD stays if the push fails."""
+    if replayed.head != remote_tip:
+        check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
+        push(clone, replayed.head, timeout())
+    checkout.follow(clone, head, replayed.head, replayed.versions, log)
+    if replayed.head == remote_tip:
+        return None  # every local change was upstream already
+    say(log, f"sync attempt {number}: pushed {replayed.head[:10]} to {clone.where}")
+    return replayed.head
 
 
 def _revision(clone: Clone, name: str) -> str | None:

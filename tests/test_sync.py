@@ -1428,3 +1428,28 @@ def test_a_damaged_replay_mark_and_an_index_lock_stop_sync(pair: tuple[Path, Pat
     result, log, _ = run(laptop)
     assert "finished the replay an interrupted sync left (pid ?)" in log
     assert not mark.exists() and result.commit is None
+
+
+def test_an_attempt_that_loses_the_race_leaves_head_where_it_was(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    mine = gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    push = sync_module.push
+    at_push: list[str] = []
+
+    def lose_once(clone: clone_module.Clone, head: str, timeout: float) -> None:
+        at_push.append(gitrepo.head(server))
+        if len(at_push) == 1:
+            raise Transient("push failed: rejected: the remote moved on")
+        push(clone, head, timeout)
+
+    monkeypatch.setattr(sync_module, "push", lose_once)
+    result, _, _ = run(server)
+    assert at_push == [mine, mine]  # replayed, pushed, and only then checked out
+    assert result.attempts == 2 and result.commit == gitrepo.head(server)
+    moves = gitrepo.git(server, "reflog", "--format=%gs", "HEAD").splitlines()
+    assert moves.count(REPLAYED) == 1
+    assert names_on(origin) == {*SEED, "erin", "frank"}
