@@ -16,6 +16,7 @@ in the middle of a rebase. docs/sync.md gives the reasons for each choice.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -50,6 +51,8 @@ __all__ = [
     "ATTRIBUTES",
     "LOCK",
     "REBASE_MARK",
+    "WAIT_CROWD",
+    "WAIT_CROWD_FROM",
     "WAIT_FIRST",
     "WAIT_GROWTH",
     "WAIT_LOAD",
@@ -76,6 +79,14 @@ WAIT_GROWTH = 1.5
 WAIT_MAX = 4.0
 WAIT_LOAD = 10.0
 WAIT_LOAD_MAX = 8.0
+# Before the first attempt: when sync's own git commands so far (the lock,
+# the commit) waited more than WAIT_CROWD_FROM seconds for a CPU (wall time
+# minus the CPU they used), many writers share this machine and would all
+# collide in their first attempt; each then waits up to WAIT_CROWD times
+# that long (uniform, at most WAIT_LOAD_MAX), so the first round is already
+# spread. A lone writer, even on a slow machine, does not wait.
+WAIT_CROWD = 6.0
+WAIT_CROWD_FROM = 0.1
 _MIN_NETWORK_TIMEOUT = 1.0
 
 Clock = Callable[[], float]
@@ -159,6 +170,7 @@ def sync(
     """Commit memory files, then fetch, rebase, check and push until the remote has them."""
     if attempts < 1 or not deadline > 0:
         raise SyncError("--attempts must be at least 1 and --deadline above 0 seconds")
+    began, spent = time.monotonic(), _cpu_seconds()
     top = install.find_toplevel(repo)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     with lock(git_dir, log), driver_environment(top, git_dir) as env:
@@ -169,10 +181,17 @@ def sync(
         check_idle(clone)
         clone = clone._replace(branch=branch or current_branch(clone))
         commit(clone, [(repo / path).absolute() for path in paths], message, log)
+        crowd = time.monotonic() - began - (_cpu_seconds() - spent)
         return push_until_landed(
             clone, attempts=attempts, deadline=deadline, allow_mass_delete=allow_mass_delete,
-            sleep=sleep, log=log,
+            sleep=sleep, log=log, crowd=crowd,
         )  # fmt: skip
+
+
+def _cpu_seconds() -> float:
+    """CPU time used by this process and the git commands it waited for."""
+    used = os.times()
+    return used.user + used.system + used.children_user + used.children_system
 
 
 def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
@@ -192,7 +211,9 @@ def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
 def push_until_landed(
     clone: Clone, *, attempts: int, deadline: float, allow_mass_delete: bool,
     sleep: Callable[[float], None], log: TextIO, clock: Clock = time.monotonic,
+    crowd: float = 0.0,
 ) -> SyncResult:  # fmt: skip
+    """The attempts, under the retry policy; ``crowd``: seconds sync so far waited for a CPU."""
     started = clock()
     number = 0
     pushed: str | None = None
@@ -202,6 +223,11 @@ def push_until_landed(
 
     policy = retrying(attempts=attempts, deadline=deadline, sleep=sleep, log=log, clock=clock)
     memo = Memo()
+    if crowd > WAIT_CROWD_FROM:
+        first = random.uniform(0, min(WAIT_LOAD_MAX, deadline / 2, WAIT_CROWD * crowd))  # noqa: S311
+        say(log, f"this machine is busy (sync waited {crowd:.2f}s for a CPU so far): "
+                 f"first try in {first:.2f}s")  # fmt: skip
+        sleep(first)
     try:
         for attempt in policy:
             with attempt:

@@ -11,6 +11,7 @@ the point.
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 import shutil
@@ -95,6 +96,13 @@ def cli_sync(clone: Path, *args: str) -> Ran:
 def rebasing(clone: Path) -> bool:
     git_dir = clone / ".git"
     return (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists()
+
+
+@pytest.fixture(autouse=True)
+def no_crowd_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A loaded test machine must not add a first wait to the schedules these tests check;
+    # test_a_busy_machine_spreads_the_first_attempt checks that wait.
+    monkeypatch.setattr(sync_module, "WAIT_CROWD_FROM", math.inf)
 
 
 @pytest.fixture
@@ -192,6 +200,32 @@ def test_the_deadline_stops_before_a_wait_would_pass_it() -> None:
     assert tries == len(woke) + 1 < 1000
     assert max(woke) < 10.0  # no wait ends past the deadline
     assert now[0] > 10.0 - WAIT_MAX  # and it did not stop long before it
+
+
+def test_a_busy_machine_spreads_the_first_attempt(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    monkeypatch.setattr(sync_module, "WAIT_CROWD_FROM", 0.0)
+    monkeypatch.setattr(sync_module, "_cpu_seconds", lambda: 0.0)  # all of it waiting for a CPU
+    started = time.monotonic()
+    result, log, waits = run(laptop)
+    busy = float(log.split("sync waited ")[1].split("s for a CPU")[0])
+    assert 0 < busy < time.monotonic() - started
+    assert len(waits) == 1 and 0 <= waits[0] <= sync_module.WAIT_CROWD * busy
+    assert f"first try in {waits[0]:.2f}s" in log and result.attempts == 1
+
+
+def test_a_writer_alone_starts_at_once(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    monkeypatch.setattr(sync_module, "WAIT_CROWD_FROM", 0.1)
+    monkeypatch.setattr(sync_module, "_cpu_seconds", time.monotonic)  # never waited for a CPU
+    result, log, waits = run(laptop)
+    assert waits == [] and "busy" not in log and result.attempts == 1
 
 
 def test_fatal_errors_are_raised_at_once_without_waiting() -> None:
