@@ -10,13 +10,18 @@ version and line to look at. Checked through the pure merge API, in-process.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from crdt_merge_driver import codec
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.record import identify
 from tests.gitrepo import entity, jsonl, relation
 
 Record = dict[str, Any]
@@ -133,6 +138,72 @@ def test_a_broken_line_that_no_version_changed_is_carried_over_unread() -> None:
         base, jsonl(broken, entity("Bob", "cat")), jsonl(broken, entity("Bob"), entity("Cy"))
     )
     assert merged == jsonl(broken, entity("Bob", "cat"), entity("Cy"))
+
+
+# --- the server's entity layout read by its form, not parsed -------------------------------------
+
+# Any text: quotes and backslashes (escaped, so read by a parse), control
+# characters, non-ASCII and astral characters (read by form).
+_SERVER_RECORDS = st.lists(
+    st.one_of(
+        st.builds(
+            lambda name, kind, observations: {
+                "type": "entity", "name": name, "entityType": kind, "observations": observations
+            },
+            st.text(max_size=12), st.text(max_size=5), st.lists(st.text(max_size=8), max_size=3),
+        ),
+        st.builds(
+            lambda source, target, kind: {
+                "type": "relation", "from": source, "to": target, "relationType": kind
+            },
+            st.text(max_size=8), st.text(max_size=8), st.text(max_size=8),
+        ),
+        st.just({"type": "other", "id": 1}),
+    ),
+    max_size=12,
+)  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(
+    records=_SERVER_RECORDS,
+    layout=st.tuples(
+        st.sampled_from([b"\n", b"\r\n"]), st.sampled_from([b"", b"  "]), st.booleans()
+    ),
+)
+def test_the_server_layout_read_by_form_gives_what_a_parse_gives(
+    records: list[Record], layout: tuple[bytes, bytes, bool]
+) -> None:
+    newline, blank, final = layout
+    lines = [orjson.dumps(record) for record in records]
+    if lines:
+        lines.insert(len(lines) // 2, blank)  # a blank line is no record
+    data = newline.join(lines) + (newline if final else b"")
+    document = codec.parse(data)
+    kept = [line for line in lines if line.strip()]
+    keys = [identify(orjson.loads(line)) for line in kept]
+    assert document.keys == keys
+    assert [document.raw(i) for i in range(len(document))] == kept
+    assert document.index == {key: keys.index(key) for key in keys}
+    assert document.repeated == {key for key in keys if keys.count(key) > 1}
+    assert bytes(document.kinds) == bytes(0 if type(key) is str else 1 if type(key) is tuple
+                                          else 2 for key in keys)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        pytest.param(b'{"type":"entity","name":"\xff","entityType":"x","observations":[]}',
+                     "not UTF-8 (byte 0xff)", id="entity-name"),
+        pytest.param(b'{"type":"entity","name":"Cy","entityType":"x","observations":[]}}',
+                     "not JSON", id="entity-extra-brace"),
+    ],
+)  # fmt: skip
+def test_a_bad_line_in_the_server_layout_is_still_refused_with_its_line(
+    line: bytes, reason: str
+) -> None:
+    with pytest.raises(InputError, match=re.escape(f"line 2: {reason}")):
+        codec.parse(jsonl(entity("Ada"), line, entity("Bob")))
 
 
 # --- bad files: the version and the line ----------------------------------------------------
