@@ -51,7 +51,13 @@ def run_driver(
         )
     labels = (f"{shown} (ancestor, %O)", f"{shown} (ours, %A)", f"{shown} (theirs, %B)")
     with ExitStack() as stack:
-        base_data, ours_data, theirs_data = (_load(name, stack) for name in (base, ours, theirs))
+        try:
+            base_data, ours_data, theirs_data = (
+                _load(name, stack) for name in (base, ours, theirs)
+            )
+        except OSError as error:
+            print(f"{PROGRAM}: {shown}: cannot read {error.filename} ({error.strerror})", file=log)
+            return ExitCode.CONFLICT
         if _equal(ours_data, theirs_data):
             print(f"{PROGRAM}: {shown}: both sides are the same", file=log)
             return ExitCode.OK
@@ -64,7 +70,12 @@ def run_driver(
         # result itself, so a crash before it reaches the disk loses nothing
         # git would keep. Atomic, so never half-written; not flushed (fsync
         # costs more than merging a 10k-entity file).
-        write_atomic(ours, merged.chunks(), durable=False)
+        try:
+            write_atomic(ours, merged.chunks(), durable=False)
+        except OSError as error:
+            print(f"{PROGRAM}: {shown}: cannot write the merge over {error.filename or ours} "
+                  f"({error.strerror}); left for you to resolve", file=log)  # fmt: skip
+            return ExitCode.CONFLICT
     print(f"{PROGRAM}: merged {shown}: {merged.report.summary()}", file=log)
     for decision in merged.report.decisions:
         print(f"{PROGRAM}: {shown}: {decision.explain()}", file=log)

@@ -4,15 +4,17 @@ git hands the driver three temp files and reads the result back from
 ``%A``; exit 0 means merged, 1..128 a conflict (git then keeps all three
 stages). These tests run the driver as a separate process on real files,
 the way git does, and check ``%A`` and the exit code: a plain merge, two
-identical sides (``%A`` is not even rewritten), files over 1 MiB (read
-through a memory map), and the kill-switch that hands the file to git's own
+identical sides (``%A`` is not even rewritten), files over 1 MiB, a file
+that cannot be read or written, and the kill-switch that hands the file to git's own
 text merge, also inside a real ``git merge``.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
+import sys
 from pathlib import Path
 
 from crdt_merge_driver.driver import KILL_SWITCH
@@ -114,6 +116,41 @@ def test_identical_sides_leave_ours_untouched_without_reading_the_ancestor(
     after = a.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert a.read_bytes() == same
+
+
+# --- files that cannot be read or written --------------------------------------------------
+
+
+def test_a_missing_file_is_a_conflict_in_one_line(tmp_path: Path) -> None:
+    o, a, b = versions(tmp_path, BASE, BASE + b"\n" + entity("Cy"), BASE)
+    b.unlink()
+    code, err = driver(o, a, b, "memory.jsonl")
+    assert code == ExitCode.CONFLICT
+    assert err == [f"crdt-merge-driver: memory.jsonl: cannot read {b} (No such file or directory)"]
+    assert a.read_bytes() == BASE + b"\n" + entity("Cy")
+
+
+def test_a_merge_that_cannot_be_written_leaves_ours_as_it_was(tmp_path: Path) -> None:
+    ours_data = BASE + b"\n" + entity("Cy")
+    o, a, b = versions(tmp_path, BASE, ours_data, BASE + b"\n" + entity("Dee"))
+
+    def small_files_only() -> None:  # in the driver's process: writes past 300 bytes fail
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "crdt_merge_driver", "merge", *map(str, (o, a, b)), "memory.jsonl"],
+        capture_output=True, check=False, preexec_fn=small_files_only,
+    )  # fmt: skip
+    assert result.returncode == ExitCode.CONFLICT
+    assert (
+        "crdt-merge-driver: memory.jsonl: cannot write the merge over "
+        in result.stderr.decode().splitlines()[0]
+    )
+    assert "(File too large); left for you to resolve" in result.stderr.decode().splitlines()[0]
+    assert a.read_bytes() == ours_data
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".merge_file_A", ".merge_file_B", ".merge_file_O",
+    ]  # fmt: skip
 
 
 # --- files over 1 MiB ----------------------------------------------------------------------
