@@ -89,8 +89,7 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
     find, prefix = data.find, _ENTITY_PREFIX
     add_start, add_end = document.starts.append, document.ends.append
     add_key, add_kind = document.keys.append, document.kinds.append
-    first_of, repeated = document.index.setdefault, document.repeated
-    position = count = 0
+    position = 0
     while position < size:
         stop = find(b"\n", position)
         if stop < 0:
@@ -127,12 +126,19 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
         add_end(end)
         add_key(key)
         add_kind(kind)
-        if first_of(key, count) != count:
-            repeated.add(key)
-        count += 1
         position = stop + 1
     document.clean = clean
+    _index_keys(document)
     return document
+
+
+def _index_keys(document: Document) -> None:
+    """Fill ``index`` (each identity's first record) and ``repeated``, all records at once."""
+    keys = document.keys
+    # Built from the last record to the first, so the first occurrence is what stays.
+    document.index = index = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+    if len(index) != len(keys):
+        document.repeated = {key for at, key in enumerate(keys) if index[key] != at}
 
 
 def _parse_line(line: bytes, number: Callable[[], int]) -> tuple[Key, int] | None:
