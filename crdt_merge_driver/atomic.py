@@ -14,9 +14,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from typing import TypeAlias
 
-StrPath: TypeAlias = "str | os.PathLike[str]"
+StrPath = str | os.PathLike[str]
 
 
 class ChangedMeanwhile(Exception):

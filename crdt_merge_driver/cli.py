@@ -14,10 +14,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
 
 from crdt_merge_driver import __version__
 from crdt_merge_driver.errors import CrdtError, ExitCode
+
+# On the merge driver's path, where importing typing would cost 3 ms of a
+# 10k-entity merge's 80: names only the type checker needs are imported for it
+# alone (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     import argparse
@@ -64,12 +68,11 @@ def _driver_call(arguments: list[str]) -> argparse.Namespace | None:
     if len(rest) not in (3, 4):
         return None
     base, ours, theirs, *path = rest
-    call = SimpleNamespace(
+    # Not a Namespace, but it has every attribute `_merge` and `main` read.
+    return SimpleNamespace(  # type: ignore[return-value]
         command="merge", handler=_merge, base=base, ours=ours, theirs=theirs,
         path=path[0] if path else None, marker_size=marker_size,
     )  # fmt: skip
-    # Not a Namespace, but it has every attribute `_merge` and `main` read.
-    return cast("argparse.Namespace", call)
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -20,16 +20,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+
+# On the merge driver's path, where importing typing would cost 3 ms of a
+# 10k-entity merge's 80: names only the type checker needs are imported for it
+# alone (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _YEAR_10000 = 253_402_300_800  # seconds since the epoch
 
 
-class Stamp(NamedTuple):
-    micros: int  # microseconds since the epoch, UTC
-    counter: int
-    host: str
+class Stamp(tuple[int, int, str]):
+    """``(micros, counter, host)``, ordered as a tuple; micros since the epoch, UTC.
+
+    A named tuple written out, not a ``typing.NamedTuple``: see TYPE_CHECKING above.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, micros: int, counter: int, host: str) -> Stamp:
+        return super().__new__(cls, (micros, counter, host))
+
+    @property
+    def micros(self) -> int:
+        return self[0]
+
+    @property
+    def counter(self) -> int:
+        return self[1]
+
+    @property
+    def host(self) -> str:
+        return self[2]
 
     def to_json(self) -> dict[str, Any]:
         moment = _EPOCH + timedelta(microseconds=self.micros)

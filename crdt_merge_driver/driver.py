@@ -16,12 +16,18 @@ import mmap
 import os
 import sys
 from contextlib import ExitStack, suppress
-from typing import TextIO
 
 from crdt_merge_driver.atomic import StrPath, write_atomic
 from crdt_merge_driver.document import Buffer
 from crdt_merge_driver.errors import ExitCode, InputError
 from crdt_merge_driver.merge import merge_buffers
+
+# On the merge driver's path, where importing typing would cost 3 ms of a
+# 10k-entity merge's 80: names only the type checker needs are imported for it
+# alone (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 KILL_SWITCH = "CRDT_MERGE_DRIVER_DISABLE"
 PROGRAM = "crdt-merge-driver"

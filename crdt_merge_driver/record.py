@@ -15,14 +15,21 @@ first, then relations, as the server writes them, then the rest.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
-
 import orjson
 
 from crdt_merge_driver.errors import InputError
 
-Key: TypeAlias = str | tuple[str, str, str] | bytes
-Record: TypeAlias = dict[str, Any]
+# On the merge driver's path, where importing typing would cost 3 ms of a
+# 10k-entity merge's 80: names only the type checker needs are imported for it
+# alone (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+Key = str | tuple[str, str, str] | bytes
+if TYPE_CHECKING:
+    from typing import Any
+
+    Record = dict[str, Any]
+else:
+    Record = dict
 
 # The memory server writes its fields in this order; canonical bytes keep it so
 # that a record the server wrote is already canonical. An older record's "id"
