@@ -216,7 +216,8 @@ def _walk(base: Document, data: Buffer) -> Side:
                 # Past the line break after the last line kept: the side's own
                 # break, which may not be the ancestor's (LF against CRLF).
                 matched_end = position + base_ends[low - 1] - base_starts[expected]
-                position = find(b"\n", matched_end) + 1
+                stop = find(b"\n", matched_end)
+                position = size if stop < 0 else stop + 1
                 expected = low
             stride = 1
         stop = find(b"\n", position)

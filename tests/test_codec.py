@@ -303,3 +303,16 @@ def test_a_side_with_other_line_breaks_than_the_ancestor_is_read_line_by_line() 
     side = b"\n".join(lines)
     merged, _ = merge_bytes(ancestor, side, side + b"\n")
     assert merged.replace(b"\r\n", b"\n").split(b"\n") == lines
+
+
+@pytest.mark.parametrize("count", [2, 50, 51, 1000])
+def test_a_side_that_deleted_the_last_line_is_read_once(count: int) -> None:
+    # Found by review: when the lines a side kept ended exactly at its end (the
+    # server writes no final newline), the walk went back to byte 0 and read
+    # every record a second time, as if the file held each one twice.
+    lines = [entity(f"person-{i:04}") for i in range(count)]
+    base = jsonl(*lines)
+    ours = jsonl(*lines[:-1])
+    merged, report = merge_bytes(base, ours, base)
+    assert merged == ours
+    assert (report.deleted, report.folded) == (1, 0)
