@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrdtError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return int(error.exit_code)
+    except OSError as error:  # a file or folder the command needs is missing or not usable
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{PROGRAM}: {where}{error.strerror or error}", file=sys.stderr)
+        return int(ExitCode.CONFLICT if args.command == "merge" else ExitCode.USAGE)
     except KeyboardInterrupt:
         print(f"{PROGRAM}: interrupted", file=sys.stderr)
         # git treats a driver's exit above 128 as a failed merge, not a conflict.

@@ -1,8 +1,10 @@
 """The exception hierarchy and the exit codes it maps to.
 
 Every error a user can cause or fix is a `CrdtError` whose message is one
-line; `cli.main` turns it into that line on stderr and its `exit_code`.
-Anything else is a bug and keeps its traceback.
+line; `cli.main` turns it into that line on stderr and its `exit_code`. So
+is an `OSError` (a file or folder missing, unreadable, a folder where a file
+should be), as exit code 2 (1 for the merge driver). Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations

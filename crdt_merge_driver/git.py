@@ -78,13 +78,8 @@ def run(
     result = Result(
         completed.returncode, completed.stdout, completed.stderr.decode("utf-8", "replace")
     )
-    if check and result.returncode != 0:
-        said = _first_lines(result.stderr)
-        raise GitError(
-            f"`{_show(argv)}` failed with exit code {result.returncode}: {said}",
-            returncode=result.returncode,
-            stderr=result.stderr,
-        )
+    if check:
+        _check(args, result)
     return result
 
 
@@ -152,9 +147,9 @@ def unset_config(key: str, *, cwd: Path, scope: str) -> None:
         _check(args, result)
 
 
-def list_files(cwd: Path) -> list[str]:
-    """Tracked paths, relative to the top of the work tree."""
-    data = run("ls-files", "-z", "--full-name", cwd=cwd).stdout
+def list_files(cwd: Path, *options: str) -> list[str]:
+    """Tracked paths (or what ``options`` of ``git ls-files`` pick), from the work tree's top."""
+    data = run("ls-files", "-z", "--full-name", *options, cwd=cwd).stdout
     return [name.decode("utf-8", "surrogateescape") for name in data.split(b"\0") if name]
 
 

@@ -44,7 +44,6 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
     target = top / TARGET
     inputs = [*sources, TARGET] if target.exists() else sources
     merged = join([_read(top, name) for name in inputs], style=Style(JSONL))
-    data = merged.to_bytes()
     for name in sources:
         _say(log, f"{'would fold' if dry_run else 'folding'} {name}")
     _say(log, f"{TARGET}: {merged.report.kept} records from {len(inputs)} files")
@@ -53,7 +52,7 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
     if dry_run:
         _say(log, "dry run: nothing written")
         return MigrationResult(sources, merged.report.kept, None)
-    write_atomic(target, data)
+    write_atomic(target, merged.chunks())
     tracked = set(git.list_files(top))
     old_tracked = [name for name in sources if name in tracked]
     if old_tracked:
@@ -61,7 +60,10 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
     for name in sorted(set(sources) - set(old_tracked)):
         # Never in git's history: left for the user to delete once checked.
         _say(log, f"left {name} in place (it was never committed); delete it when satisfied")
-    for line in install.install(repo=top, scope_global=False, patterns=None, name="crdt-memory"):
+    installed = install.install(
+        repo=top, scope_global=False, patterns=None, name=install.DEFAULT_NAME
+    )
+    for line in installed:
         _say(log, line)
     git.run("add", "--", TARGET, ".gitattributes", cwd=top)
     message = f"migrate: fold {len(sources)} older memory files into {TARGET}"
@@ -76,8 +78,7 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
 
 
 def _old_files(top: Path) -> list[str]:
-    listed = git.run("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=top)
-    names = {name for name in listed.stdout.decode().split("\0") if name}
+    names = set(git.list_files(top, "--cached", "--others", "--exclude-standard"))
     return sorted(
         name for name in names
         if any(fnmatch(PurePosixPath(name).name, pattern) for pattern in OLD_PATTERNS)

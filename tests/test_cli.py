@@ -207,6 +207,15 @@ def test_a_user_error_exits_2_in_one_line(tmp_path: Path) -> None:
     assert err == f"crdt-merge-driver: {tmp_path / 'nowhere'} is not a folder\n"
 
 
+def test_a_file_system_error_exits_2_in_one_line(tmp_path: Path) -> None:
+    # Found by review: a folder where install writes .gitattributes gave a traceback.
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    (repo / ".gitattributes").mkdir()
+    code, out, err = run("install", "--repo", repo)
+    assert code == ExitCode.USAGE
+    assert err == f"crdt-merge-driver: {repo / '.gitattributes'}: Is a directory\n", out
+
+
 def test_doctor_on_a_repository_without_the_driver_exits_6(tmp_path: Path) -> None:
     repo = gitrepo.init_repo(tmp_path / "repo")
     code, out, _ = run("doctor", "--repo", repo)

@@ -254,3 +254,13 @@ def test_migrate_then_sync_then_the_old_wrapper_backs_up_a_live_file(
     assert len(restored["entities"]) == len(expected[0])
     assert b"_crdt" not in live.read_bytes()
     assert orjson.loads(live.read_bytes().split(b"\n")[0])["type"] == "entity"
+
+
+def test_a_file_name_that_is_not_utf_8_does_not_stop_migrate(tmp_path: Path) -> None:
+    # Found by review: the listing of untracked files was decoded strictly.
+    repo = older_repository(tmp_path / "memory")
+    (repo / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"not memory")
+
+    said = ok(gitrepo.cli("migrate", "--dry-run", "--repo", str(repo), cwd=tmp_path))
+
+    assert "dry run: nothing written" in said
