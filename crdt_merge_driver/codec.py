@@ -308,7 +308,9 @@ def _index_array(data: Buffer) -> Document:
             line = _element_line(raw_data, position)
             raise InputError(f"record {position + 1}: {error.reason}", line=line) from None
         raws.append(orjson.dumps(value))
-        document.add(key, _kind(key))
+        document.keys.append(key)
+        document.kinds.append(_kind(key))
+    _index_keys(document)
     return document
 
 

@@ -133,14 +133,6 @@ class Document:
             return i + 1
         return line_at(self.data, self.starts[i])
 
-    def add(self, key: Key, kind: int) -> None:
-        """Record ``key`` as the next record (its span or bytes are set by the reader)."""
-        number = len(self.keys)
-        self.keys.append(key)
-        self.kinds.append(kind)
-        if self.index.setdefault(key, number) != number:
-            self.repeated.add(key)
-
 
 class Side:
     """One side of a merge, as it differs from the ancestor.
@@ -258,7 +250,7 @@ def choose_style(base: Style, ours: Style, theirs: Style) -> Style:
 
 
 def agreed_style(styles: Iterable[Style]) -> Style:
-    """The layout of a join: the format the files share (else JSONL), laid out as the server does.
+    """The layout of a join: the format all files share (else None), laid out as the server does.
 
     A join has no ancestor to take a layout from, and a small result shows
     nothing of its line breaks, so taking them from the inputs would make

@@ -16,17 +16,14 @@ from crdt_merge_driver.merge import Merged, join
 def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str | None) -> Merged:
     """Join ``inputs``; write to ``output`` (atomically) or to stdout."""
     sides = [_read(path) for path in inputs]
-    style = agreed_style(side.style for side in sides)
-    wanted = format_name or _format_of(output) or style.format or JSONL
-    if wanted != style.format:
-        style = Style(wanted, style.newline, None, None)
-    merged = join(sides, style=style)
+    shared = agreed_style(side.style for side in sides).format
+    merged = join(sides, style=Style(format_name or _format_of(output) or shared or JSONL))
     if output is None:
         sys.stdout.buffer.writelines(merged.chunks())
         sys.stdout.buffer.flush()
     else:
         try:
-            write_atomic(output, merged.to_bytes())
+            write_atomic(output, merged.chunks())
         except OSError as error:
             raise CrdtError(f"cannot write {output}: {error.strerror}") from None
     print(

@@ -222,10 +222,15 @@ def _sorted_of_kind(records: dict[Key, bytes], kind: int) -> list[bytes]:
 def _runs(kinds: bytearray, kind: int) -> Iterator[tuple[int, int]]:
     """The maximal runs of records of ``kind``, as ``[start, stop)``."""
     size, position = len(kinds), 0
-    others = [other for other in (0, 1, 2) if other != kind]
+    # Where each other kind comes next, looked for again only once passed: a
+    # kind that never comes is looked for once, not once per run.
+    following = {other: -1 for other in (0, 1, 2) if other != kind}
     while (start := kinds.find(kind, position)) >= 0:
-        stops = [found for other in others if (found := kinds.find(other, start)) >= 0]
-        position = min(stops, default=size)
+        for other, next_at in following.items():
+            if next_at < start:
+                found = kinds.find(other, start)
+                following[other] = size if found < 0 else found
+        position = min(following.values())
         yield start, position
 
 
