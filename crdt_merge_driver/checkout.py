@@ -8,10 +8,11 @@ writes nothing if one of them is not clean, and then HEAD goes back and
 git rebase --autostash onto the pushed commit does the work instead.
 
 Between the two, HEAD and the work tree disagree: a sync killed there would
-leave memory files that look like a change which undoes the merge, and the
-next sync would commit it. So a mark in the git folder names the files and
-both their versions while it lasts, and the next sync first brings each file
-that holds one of those versions in line with HEAD (`recover`).
+leave files that look like a change which undoes the merge (and every other
+machine's changes the replay brought in), and the next sync would commit
+it. So a mark in the git folder names both commits while it lasts, and the
+next sync first brings each file the two commits differ in, and that holds
+one of their two versions, in line with HEAD (`recover`).
 """
 
 from __future__ import annotations
@@ -26,24 +27,26 @@ from crdt_merge_driver.lock import group_gone
 from crdt_merge_driver.rebase import rebase
 from crdt_merge_driver.verdict import Transient
 
-# In the git folder (per worktree): the files of a replay that is moving HEAD.
+# In the git folder (per worktree): the two commits of a replay that is moving HEAD.
 REPLAY_MARK = "crdt-merge-driver-sync.replaying"
 
 Versions = dict[str, tuple[str | None, str | None]]  # path -> (blob at the old HEAD, at the new)
 
 
-def follow(clone: Clone, old: str, new: str, versions: Versions, log: TextIO) -> None:
+def follow(clone: Clone, old: str, new: str, log: TextIO) -> None:
     """Bring HEAD (at ``old``) and the work tree to ``new``, the replayed commits."""
-    if new != old and not move_head(clone, old, new, versions):
+    if new != old and not move_head(clone, old, new):
         # A changed file is not clean: the rebase's autostash keeps the edit. The local
         # commits are in ``new`` already, so the rebase drops them or leaves them empty.
         rebase(clone, new, log)
 
 
-def move_head(clone: Clone, old: str, new: str, versions: Versions) -> bool:
+def move_head(clone: Clone, old: str, new: str) -> bool:
     """HEAD from ``old`` to ``new`` and the work tree after it; False if a changed file is dirty."""
     mark = clone.git_dir / REPLAY_MARK
-    mark.write_bytes(orjson.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "paths": versions}))
+    mark.write_bytes(
+        orjson.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "old": old, "new": new})
+    )
     moved = False
     try:
         said = clone.git("update-ref", "-m", f"{PROGRAM} sync: replayed onto {clone.where}",
@@ -79,9 +82,9 @@ def recover(clone: Clone, log: TextIO) -> None:
         return
     try:
         left = orjson.loads(mark.read_bytes())
-        versions: dict[str, list[str | None]] = left["paths"]
+        old, new = str(left["old"]), str(left["new"])
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
-        versions, left = {}, {}
+        left, old, new = {}, "", ""
     index_lock = clone.git_dir / "index.lock"
     if index_lock.exists():
         # Killed inside read-tree: safe to remove only if nothing of that sync still runs.
@@ -91,16 +94,56 @@ def recover(clone: Clone, log: TextIO) -> None:
                 f"run; wait for it, or if no git runs here, delete {index_lock} and sync again"
             )
         index_lock.unlink(missing_ok=True)
+    versions = _differences(clone, old, new) if old and new else {}
     present = [path for path in versions if (clone.top / path).is_file()]
     feed = "".join(f"{path}\n" for path in present).encode("utf-8", "surrogateescape")
     hashed = clone.git("hash-object", "--stdin-paths", stdin=feed).stdout.decode().split()
     held = dict(zip(present, hashed, strict=True))
     # A file with neither version is someone's edit: it stays, and gets committed as one.
+    # A missing file is not: git may have been killed between removing and writing it.
     follow = [path for path in versions if path not in held or held[path] in versions[path]]
-    if follow:
-        clone.git("checkout", "HEAD", "--", *follow, env={"GIT_LITERAL_PATHSPECS": "1"})
+    in_head = _blobs(clone, "HEAD", follow)
+    literal = {"GIT_LITERAL_PATHSPECS": "1"}
+    if restore := [path for path in follow if path in in_head]:
+        clone.git("checkout", "HEAD", "--", *restore, env=literal)
+    if drop := [path for path in follow if path not in in_head]:
+        clone.git("rm", "--quiet", "--cached", "--ignore-unmatch", "--", *drop, env=literal)
+        for path in drop:
+            (clone.top / path).unlink(missing_ok=True)
     for path in sorted(set(versions) - set(follow)):
         say(log, f"warning: {path} changed while an interrupted sync was replaying; kept as is")
     say(log, f"finished the replay an interrupted sync left (pid {left.get('pid', '?')}): "
              "the work tree matches HEAD")  # fmt: skip
     mark.unlink(missing_ok=True)
+
+
+def _differences(clone: Clone, old: str, new: str) -> Versions:
+    """Every file ``old`` and ``new`` hold differently: its blob in each (None: not there)."""
+    listed = clone.git("diff-tree", "-r", "-z", "--no-renames", old, new, check=False)
+    if listed.returncode != 0:
+        return {}  # a commit is gone: nothing is known to line up
+    fields = listed.stdout.split(b"\0")
+    versions: Versions = {}
+    for meta, path in zip(fields[0:-1:2], fields[1::2], strict=True):
+        _, _, before, after, _ = meta.decode().split(" ")
+        name = path.decode("utf-8", "surrogateescape")
+        versions[name] = (_blob_or_none(before), _blob_or_none(after))
+    return versions
+
+
+def _blob_or_none(oid: str) -> str | None:
+    return None if not oid.strip("0") else oid  # all zeros: no file on that side
+
+
+def _blobs(clone: Clone, rev: str, paths: list[str]) -> dict[str, str]:
+    """The blob of each of ``paths`` that ``rev`` holds."""
+    if not paths:
+        return {}
+    listed = clone.git("ls-tree", "-r", "-z", rev, "--", *paths, env={"GIT_LITERAL_PATHSPECS": "1"})
+    found = {}
+    for entry in listed.stdout.split(b"\0"):
+        if entry:
+            meta, _, path = entry.partition(b"\t")
+            found[path.decode("utf-8", "surrogateescape")] = meta.decode().split(" ")[2]
+    return found
+

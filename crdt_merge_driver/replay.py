@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from crdt_merge_driver.checkout import Versions
 from crdt_merge_driver.clone import (
     DRIVER_NAME,
     PROGRAM,
@@ -73,7 +72,6 @@ class Replayed(NamedTuple):
     head: str  # the last replayed commit; HEAD is not there yet (see `checkout.move_head`)
     # Each memory file the push changes: the remote's version, the pushed one.
     files: dict[str, tuple[bytes | None, bytes | None]]
-    versions: Versions  # each changed file's blob at HEAD and at ``head``
 
 
 class Memo:
@@ -107,11 +105,9 @@ def replay(clone: Clone, head: str, onto: str, memo: Memo) -> Replayed | None:
     new_head = _write_commits(clone, base, rewrite, steps, ids=ids, objects=objects)
     final = {path: _File(found.oid or ids.get(found.data or b""), found.data)
              for path, found in state.items()}  # fmt: skip
-    versions: Versions = {path: (objects.id_at(head, path), found.oid)
-                          for path, found in final.items()}  # fmt: skip
     files = {path: (objects.data_at(onto, path), found.data) for path, found in final.items()
              if objects.data_at(onto, path) != found.data}  # fmt: skip
-    return Replayed(new_head, files, versions)
+    return Replayed(new_head, files)
 
 
 def _picks(clone: Clone, onto: str, head: str) -> list[Pick] | None:
@@ -201,9 +197,6 @@ class _Objects:
     def at(self, rev: str, path: str) -> _File:
         found = self.found[f"{rev}:{path}"]
         return _File(found.oid, found.data) if found else _File(None, None)
-
-    def id_at(self, rev: str, path: str) -> str | None:
-        return self.at(rev, path).oid
 
     def data_at(self, rev: str, path: str) -> bytes | None:
         return self.at(rev, path).data

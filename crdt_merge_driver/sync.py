@@ -291,7 +291,7 @@ def _land_replayed(
     if replayed.head != remote_tip:
         check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
         push(clone, replayed.head, timeout())
-    checkout.follow(clone, head, replayed.head, replayed.versions, log)
+    checkout.follow(clone, head, replayed.head, log)
     if replayed.head == remote_tip:
         return None  # every local change was upstream already
     say(log, f"sync attempt {number}: pushed {replayed.head[:10]} to {clone.where}")

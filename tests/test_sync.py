@@ -1342,21 +1342,32 @@ def test_with_the_kill_switch_git_rebase_does_the_work(
         run(server)  # git's text merge, as the driver's kill switch asks
 
 
-def replay_cut_short(laptop: Path, server: Path) -> tuple[str, str]:
-    """What a sync killed between moving HEAD and the work tree leaves: the mark, HEAD moved."""
+def replay_cut_short(
+    laptop: Path, server: Path, *, remote_only: tuple[str, bytes | None] | None = None
+) -> tuple[str, str]:
+    """What a sync killed between moving HEAD and the work tree leaves: the mark, HEAD moved.
+
+    ``remote_only``: a file the laptop also pushed (None: deleted), which the server never touched.
+    """
     gitrepo.commit_file(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    if remote_only is not None and remote_only[1] is not None:
+        gitrepo.commit_file(laptop, remote_only[0], remote_only[1])
+    elif remote_only is not None:
+        gitrepo.git(laptop, "rm", "--quiet", remote_only[0])
+        gitrepo.commit(laptop, f"remove {remote_only[0]}")
     gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
     old = gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
     gitrepo.git(server, "fetch", "--quiet")
     merged = gitrepo.git(server, "hash-object", "-w", "--stdin",
                          input_bytes=memory(*SEED, "erin", "frank")).strip()  # fmt: skip
-    tree = gitrepo.git(server, "mktree", input_bytes=f"100644 blob {merged}\tmemory.jsonl\n"
+    ours = f"100644 blob {merged}\tmemory.jsonl"
+    entries = [ours if line.endswith("\tmemory.jsonl") else line
+               for line in gitrepo.git(server, "ls-tree", "origin/main").splitlines()]  # fmt: skip
+    tree = gitrepo.git(server, "mktree", input_bytes="".join(f"{entry}\n" for entry in entries)
                        .encode()).strip()  # fmt: skip
     new = gitrepo.git(server, "commit-tree", tree, "-p", "origin/main", "-m", "frank").strip()
     gitrepo.git(server, "update-ref", "HEAD", new, old)
-    versions = {"memory.jsonl": [gitrepo.git(server, "rev-parse", f"{old}:memory.jsonl").strip(),
-                                 merged]}  # fmt: skip
-    mark = {"pid": 99999999, "pgid": 99999999, "paths": versions}
+    mark = {"pid": 99999999, "pgid": 99999999, "old": old, "new": new}
     (server / ".git" / checkout_module.REPLAY_MARK).write_bytes(orjson.dumps(mark))
     return old, new
 
@@ -1372,6 +1383,37 @@ def test_a_replay_killed_before_the_work_tree_followed_is_finished(
     assert "committed" not in log and result.commit == new
     assert names_on(origin) == {*SEED, "erin", "frank"}
     assert not (server / ".git" / checkout_module.REPLAY_MARK).exists()
+
+
+def test_a_replay_killed_before_the_work_tree_followed_keeps_what_only_the_remote_changed(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    # Found by review: the mark named only the files the local commits changed,
+    # so a file only the remote changed stayed old, and the next sync committed
+    # that as a change: the other machine's records undone.
+    laptop, server = pair
+    _, new = replay_cut_short(laptop, server, remote_only=("memory-agent.jsonl", memory("agent")))
+    assert not (server / "memory-agent.jsonl").exists()  # the work tree never followed
+    result, log, _ = run(server)
+    assert "committed" not in log and result.commit == new
+    assert (server / "memory-agent.jsonl").read_bytes() == memory("agent")
+    assert gitrepo.git(origin, "show", "main:memory-agent.jsonl").encode() == memory("agent")
+    assert gitrepo.git(server, "status", "--porcelain") == ""
+
+
+def test_a_replay_killed_before_the_work_tree_followed_removes_what_the_remote_removed(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(laptop, "memory-agent.jsonl", memory("agent"))
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "pull", "--quiet", "--ff-only")
+    _, new = replay_cut_short(laptop, server, remote_only=("memory-agent.jsonl", None))
+    assert (server / "memory-agent.jsonl").exists()  # the work tree never followed
+    result, log, _ = run(server)
+    assert "committed" not in log and result.commit == new
+    assert not (server / "memory-agent.jsonl").exists()
+    assert gitrepo.git(server, "status", "--porcelain") == ""
 
 
 def test_an_edit_made_while_a_replay_was_cut_short_is_kept(
