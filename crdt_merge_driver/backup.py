@@ -91,7 +91,8 @@ class _Place(NamedTuple):
     ) -> None:
         """Land the local commits on the remote branch (the file itself is already committed)."""
         # Only the file backup committed; a clone that has none yet (a restore
-        # before any backup) has nothing to commit at all.
+        # before any backup) has nothing to commit at all: an empty list, which
+        # sync reads as "commit nothing" (None would mean every memory file).
         mine = [Path(self.as_path)] if (self.top / self.as_path).exists() else []
         sync.sync(
             repo=self.top, remote=self.remote, branch=self.branch, paths=mine,

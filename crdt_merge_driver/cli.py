@@ -139,7 +139,7 @@ def _sync(args: argparse.Namespace) -> int:
         remote=args.remote,
         branch=args.branch,
         message=args.message,
-        paths=[_path(name) for name in args.paths],
+        paths=[_path(name) for name in args.paths] or None,  # none named: every memory file
         attempts=args.attempts,
         deadline=args.deadline,
         allow_mass_delete=args.allow_mass_delete,

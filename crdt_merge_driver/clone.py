@@ -157,9 +157,11 @@ def check_idle(clone: Clone) -> None:
 # --- what sync commits, and reads back -----------------------------------------------
 
 
-def commit(clone: Clone, paths: Sequence[Path], message: str | None, log: TextIO) -> str | None:
-    """Commit ``paths`` (default: changed memory files) and only them; None if unchanged."""
-    specs = [str(path) for path in paths] or memory_changes(clone)
+def commit(
+    clone: Clone, paths: Sequence[Path] | None, message: str | None, log: TextIO
+) -> str | None:
+    """Commit ``paths`` (None: every changed memory file) and only them; None if unchanged."""
+    specs = memory_changes(clone) if paths is None else [str(path) for path in paths]
     if not specs:
         return None
     clone.git("add", "--", *specs)

@@ -160,14 +160,19 @@ def sync(
     remote: str = "origin",
     branch: str | None = None,
     message: str | None = None,
-    paths: Sequence[Path] = (),
+    paths: Sequence[Path] | None = None,
     attempts: int = 30,
     deadline: float = 300.0,
     allow_mass_delete: bool = False,
     sleep: Callable[[float], None] = time.sleep,
     log: TextIO = sys.stderr,
 ) -> SyncResult:
-    """Commit memory files, then fetch, rebase, check and push until the remote has them."""
+    """Commit memory files, then fetch, rebase, check and push until the remote has them.
+
+    ``paths``: the files to commit; None (the default) means every changed
+    memory file, and an empty list commits nothing (only pushes what is
+    committed already).
+    """
     if attempts < 1 or not deadline > 0:
         raise SyncError("--attempts must be at least 1 and --deadline above 0 seconds")
     began, spent = time.monotonic(), _cpu_seconds()
@@ -180,7 +185,8 @@ def sync(
         checkout.recover(clone, log)
         check_idle(clone)
         clone = clone._replace(branch=branch or current_branch(clone))
-        commit(clone, [(repo / path).absolute() for path in paths], message, log)
+        mine = None if paths is None else [(repo / path).absolute() for path in paths]
+        commit(clone, mine, message, log)
         crowd = time.monotonic() - began - (_cpu_seconds() - spent)
         return push_until_landed(
             clone, attempts=attempts, deadline=deadline, allow_mass_delete=allow_mass_delete,

@@ -347,6 +347,24 @@ def test_a_machine_cloned_before_the_first_backup_joins_with_restore(
     assert desktop.graph() == first_graph()
 
 
+def test_restore_commits_nothing_of_the_clone_but_its_own_file(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # Found by review: a restore before any backup asked sync for "no paths",
+    # which sync read as "every changed memory file", and pushed a stray one.
+    laptop, desktop = (machine(tmp_path, remote, memory_server_factory, name)
+                       for name in ("laptop", "desktop"))  # fmt: skip
+    first_memory(laptop.server)
+    laptop.backup()
+    stray = gitrepo.jsonl(gitrepo.entity("Old notes"))
+    gitrepo.write(desktop.clone, "memory-old.jsonl", stray)
+    desktop.restore()
+    assert desktop.graph() == first_graph()
+    listed = gitrepo.git(remote, "ls-tree", "--name-only", "main").split()
+    assert "memory-old.jsonl" not in listed, listed
+    assert (desktop.clone / "memory-old.jsonl").read_bytes() == stray  # left to its owner
+
+
 @pytest.mark.parametrize("cloned", ["before the first push", "after the first push"])
 def test_a_first_backup_of_memory_the_repository_never_saw_only_adds(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, cloned: str
