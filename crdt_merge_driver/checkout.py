@@ -38,7 +38,10 @@ def follow(clone: Clone, old: str, new: str, log: TextIO) -> None:
     if new != old and not move_head(clone, old, new):
         # A changed file is not clean: the rebase's autostash keeps the edit. The local
         # commits are in ``new`` already, so the rebase drops them or leaves them empty.
-        rebase(clone, new, log)
+        rebase(clone, new, log, kept=(
+            f"{new[:10]} is on {clone.where} already, but this work tree could not follow it: "
+            "HEAD and the files are as they were. Move what is in the way, then sync again"
+        ))  # fmt: skip
 
 
 def move_head(clone: Clone, old: str, new: str) -> bool:

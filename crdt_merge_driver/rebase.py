@@ -33,22 +33,35 @@ _SIDES = {"A": "the version on {where}", "B": "your local commit's version",
           "O": "the common ancestor's version"}  # fmt: skip
 
 
-def rebase(clone: Clone, onto: str, log: TextIO) -> None:
-    """Replay the local commits onto ``onto``; on any failure, abort and raise."""
+_KEPT = "nothing pushed, rebase aborted, local commits kept"
+
+
+def rebase(clone: Clone, onto: str, log: TextIO, *, kept: str = _KEPT) -> None:
+    """Replay the local commits onto ``onto``; on any failure, abort and raise.
+
+    ``kept``: what the error says of the state it leaves (nothing pushed, unless the caller says).
+    """
     mark = clone.git_dir / REBASE_MARK
     mark.write_text(f"pid {os.getpid()} pgid {os.getpgrp()}\n")
     try:
         result = clone.git("rebase", "--merge", "--autostash", "--quiet", onto, check=False)
         if result.returncode != 0:
-            raise _rebase_error(clone, result)
+            raise _rebase_error(clone, result, kept)
         if AUTOSTASH_CONFLICT in result.stderr:
             # The rebase is done; only the uncommitted changes did not fit on top.
             say(log, f"warning: your uncommitted changes conflict with {clone.where}: "
                      "they are kept in `git stash list`; see `git status`")  # fmt: skip
     finally:
         if clone.rebasing():
-            clone.git("rebase", "--abort", check=False)
+            aborted = clone.git("rebase", "--abort", check=False)
             remove_merge_temps(clone, since=mark.stat().st_mtime)
+            if clone.rebasing():  # say so, and keep the mark: the next sync aborts it
+                raise GitError(
+                    f"the rebase onto {clone.where} could not be aborted "
+                    f"({first_line(aborted.stderr)}); the clone is still in it, local commits "
+                    f"kept. Run `git rebase --abort`, or `{PROGRAM} sync` again, which aborts it",
+                    returncode=aborted.returncode, stderr=aborted.stderr,
+                )  # fmt: skip
         mark.unlink(missing_ok=True)
 
 
@@ -76,9 +89,8 @@ def refuse_damaged(clone: Clone, path: str, side: str, reason: str, line: str | 
     )
 
 
-def _rebase_error(clone: Clone, result: git.Result) -> CrdtError:
+def _rebase_error(clone: Clone, result: git.Result, kept: str) -> CrdtError:
     output = redact(result.stdout.decode("utf-8", "replace") + result.stderr)
-    kept = "nothing pushed, rebase aborted, local commits kept"
     complaint = DRIVER_COMPLAINT.search(output)
     if complaint:
         return refuse_damaged(
@@ -93,7 +105,7 @@ def _rebase_error(clone: Clone, result: git.Result) -> CrdtError:
             returncode=result.returncode, stderr=result.stderr,
         )  # fmt: skip
     return GitError(
-        f"rebase onto {clone.where} failed: {first_line(output)}; {kept}",
+        f"rebase onto {clone.where} failed: {first_line(output, lines=3)}; {kept}",
         returncode=result.returncode, stderr=result.stderr,
     )  # fmt: skip
 

@@ -86,10 +86,9 @@ def redact(text: str) -> str:
     return _USERINFO.sub("", text)
 
 
-def first_line(stderr: str) -> str:
-    """The first line of git's output that says something (not a hint or a progress line)."""
-    for line in stderr.splitlines():
-        text = line.strip()
-        if text and not text.startswith(("hint:", "To ", "remote: ")):
-            return text
-    return "git printed nothing"
+def first_line(stderr: str, *, lines: int = 1) -> str:
+    """The first line (or ``lines``) of git's output that say something: not hints, not progress."""
+    noise = ("hint:", "To ", "remote: ")
+    said = [text for line in stderr.splitlines()
+            if (text := line.strip()) and not text.startswith(noise)]  # fmt: skip
+    return " ".join(said[:lines]) or "git printed nothing"

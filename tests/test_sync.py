@@ -1529,3 +1529,23 @@ def test_an_attempt_that_loses_the_race_leaves_head_where_it_was(
     moves = gitrepo.git(server, "reflog", "--format=%gs", "HEAD").splitlines()
     assert moves.count(REPLAYED) == 1
     assert names_on(origin) == {*SEED, "erin", "frank"}
+
+
+def test_a_work_tree_that_cannot_follow_a_landed_push_says_it_landed(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    # Found by review: the push had landed, yet the message said "nothing pushed".
+    laptop, server = pair
+    gitrepo.write(laptop, "notes.txt", b"the laptop's notes\n")
+    gitrepo.write(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.commit(laptop, "notes and erin")
+    gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    gitrepo.write(server, "notes.txt", b"the server's own, never committed\n")
+    with pytest.raises(GitError) as raised:
+        run(server)
+    message = str(raised.value)
+    assert "is on origin/main already" in message and "nothing pushed" not in message, message
+    assert "notes.txt" in message, message  # what is in the way
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert (server / "notes.txt").read_bytes() == b"the server's own, never committed\n"
