@@ -203,7 +203,10 @@ def _place(
     top = install.find_toplevel(folder)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     remote = _remote(top)
-    with sync.lock(git_dir, log, name=BACKUP_LOCK), sync.driver_environment(top, git_dir) as env:
+    with (
+        sync.lock(git_dir, log, name=BACKUP_LOCK, what="backup"),
+        sync.driver_environment(top, git_dir) as env,
+    ):
         # A backup killed mid-rebase leaves HEAD detached: clear that first.
         sync.recover_interrupted(repo=top, log=log)
         _check_idle(top, git_dir)

@@ -26,8 +26,8 @@ _DEAD = ("Z", "X")
 
 
 @contextmanager
-def lock(git_dir: Path, log: TextIO, *, name: str = LOCK) -> Iterator[None]:
-    """Hold ``<git dir>/<name>`` (created with O_EXCL, holding our pid) while sync runs."""
+def lock(git_dir: Path, log: TextIO, *, name: str = LOCK, what: str = "sync") -> Iterator[None]:
+    """Hold ``<git dir>/<name>`` (created with O_EXCL, holding our pid) while ``what`` runs."""
     path = git_dir / name
     for _ in range(5):
         try:
@@ -37,16 +37,16 @@ def lock(git_dir: Path, log: TextIO, *, name: str = LOCK) -> Iterator[None]:
             if not _stale(path, holder):
                 who = f"pid {holder}" if holder else "just starting"
                 raise RefusedError(
-                    f"another sync ({who}) is running in this clone; wait for it "
-                    f"(delete {path} only if no sync is running)"
+                    f"another {what} ({who}) is running in this clone; wait for it "
+                    f"(delete {path} only if no {what} is running)"
                 ) from None
-            _break_stale(path, holder, log)
+            _break_stale(path, holder, log, what)
             continue
         with os.fdopen(fd, "w") as stream:
             stream.write(f"{os.getpid()}\n")
         break
     else:
-        raise RefusedError(f"could not take {path}: other syncs keep taking it")
+        raise RefusedError(f"could not take {path}: another {what} keeps taking it")
     try:
         yield
     finally:
@@ -96,7 +96,7 @@ def stat_of(path: Path) -> tuple[str, int] | None:
         return None
 
 
-def _break_stale(path: Path, holder: int | None, log: TextIO) -> None:
+def _break_stale(path: Path, holder: int | None, log: TextIO, what: str) -> None:
     """Remove a lock whose process is gone; a guard file keeps two takers apart."""
     guard = path.with_name(path.name + ".takeover")
     try:
@@ -112,7 +112,7 @@ def _break_stale(path: Path, holder: int | None, log: TextIO) -> None:
     try:
         if _holder(path) == holder:  # still the dead one: nobody took it meanwhile
             path.unlink(missing_ok=True)
-            say(log, f"took over {path.name} from sync pid {holder}, which is gone")
+            say(log, f"took over {path.name} from {what} pid {holder}, which is gone")
     finally:
         os.close(fd)
         guard.unlink(missing_ok=True)

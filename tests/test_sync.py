@@ -1002,7 +1002,7 @@ def test_a_lock_that_keeps_being_taken_gives_up(pair: tuple[Path, Path]) -> None
     git_dir = laptop / ".git"
     (git_dir / LOCK).write_text("99999999\n")  # a dead pid...
     (git_dir / f"{LOCK}.takeover").write_text("")  # ...that another sync is taking over now
-    with pytest.raises(RefusedError, match="other syncs keep taking it"):
+    with pytest.raises(RefusedError, match="another sync keeps taking it"):
         run(laptop)
     assert (git_dir / LOCK).read_text() == "99999999\n"
 
@@ -1032,7 +1032,7 @@ def test_a_lock_taken_meanwhile_is_not_broken(pair: tuple[Path, Path]) -> None:
     laptop, _ = pair
     lock = laptop / ".git" / LOCK
     lock.write_text("99999999\n")
-    lock_module._break_stale(lock, 12345, io.StringIO())  # not the pid it holds now
+    lock_module._break_stale(lock, 12345, io.StringIO(), "sync")  # not the pid it holds now
     assert lock.read_text() == "99999999\n"
     assert lock_module._stale(laptop / "no-such-lock", None)  # vanished: free
     lock.write_bytes(b"\xff\xfe")
