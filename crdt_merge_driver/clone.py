@@ -186,12 +186,7 @@ def memory_changes(clone: Clone) -> list[str]:
 
 def merge_attributes(clone: Clone, paths: Sequence[str]) -> dict[str, str]:
     """The ``merge`` attribute of each path, as sync's git sees it."""
-    if not paths:
-        return {}
-    feed = b"".join(path.encode("utf-8", "surrogateescape") + b"\0" for path in paths)
-    data = clone.git("check-attr", "-z", "--stdin", "merge", stdin=feed).stdout
-    fields = [field.decode("utf-8", "surrogateescape") for field in data.split(b"\0")]
-    return {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}
+    return git.check_attribute("merge", paths, cwd=clone.top, env=clone.env)
 
 
 class Object(NamedTuple):

@@ -153,12 +153,14 @@ def list_files(cwd: Path, *options: str) -> list[str]:
     return [name.decode("utf-8", "surrogateescape") for name in data.split(b"\0") if name]
 
 
-def check_attribute(attribute: str, paths: Sequence[str], *, cwd: Path) -> dict[str, str]:
+def check_attribute(
+    attribute: str, paths: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """``attribute``'s value for each path (``unspecified``, ``set``, ``unset`` or a value)."""
     if not paths:
         return {}
     feed = b"".join(path.encode("utf-8", "surrogateescape") + b"\0" for path in paths)
-    data = run("check-attr", "-z", "--stdin", attribute, cwd=cwd, stdin=feed).stdout
+    data = run("check-attr", "-z", "--stdin", attribute, cwd=cwd, stdin=feed, env=env).stdout
     fields = [field.decode("utf-8", "surrogateescape") for field in data.split(b"\0")]
     # -z output is path NUL attribute NUL value NUL, repeated.
     return {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}

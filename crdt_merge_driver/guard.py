@@ -41,7 +41,7 @@ def check_files(
 ) -> None:  # fmt: skip
     """`check_push` on memory files already read: each path's remote and pushed versions."""
     for path, (remote, pushed) in files.items():
-        after = _keys(path, pushed, clone.where)
+        after = _keys(path, pushed)
         before = _remote_keys(remote)
         lost = len(before - after)
         if lost * 2 > len(before) and not allow_mass_delete:
@@ -53,7 +53,7 @@ def check_files(
             )
 
 
-def _keys(path: str, data: bytes | None, where: str) -> set[Key]:
+def _keys(path: str, data: bytes | None) -> set[Key]:
     if data is None:
         return set()  # deleted by the push
     try:
