@@ -1,3 +1,5 @@
 """crdt-merge-driver: merge AI agents' memory files inside git as a CRDT."""
 
 __version__ = "0.1.0"
+
+PROGRAM = "crdt-merge-driver"  # the command's name, which starts every line it says

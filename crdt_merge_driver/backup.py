@@ -29,15 +29,15 @@ from typing import NamedTuple, TextIO
 
 import orjson
 
-from crdt_merge_driver import git, install, sync
+from crdt_merge_driver import PROGRAM, git, install, sync
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
 from crdt_merge_driver.clock import HybridClock
+from crdt_merge_driver.clone import say
 from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
 from crdt_merge_driver.live import machine_version, records_of, server_form, stamps_in
 from crdt_merge_driver.merge import merge_bytes
 from crdt_merge_driver.record import Key, Record
 
-PROGRAM = "crdt-merge-driver"
 DEFAULT_AS = "memory.jsonl"
 SYNCED_REFS = "refs/crdt-merge-driver/synced/"
 OWN_REFS = "refs/crdt-merge-driver/own/"
@@ -135,16 +135,16 @@ def backup(
             place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
             tip = _head(place)
             if not restore:
-                _say(log, f"backed up {place.memory} as {place.as_path} ({ours[:12]})")
+                say(log, f"backed up {place.memory} as {place.as_path} ({ours[:12]})")
                 return BackupResult(ours, round_number)
             try:
                 _write_live(place, tip, expect=live)
             except ChangedMeanwhile:
-                _say(log, f"the memory server wrote {place.memory} meanwhile; again, round "
+                say(log, f"the memory server wrote {place.memory} meanwhile; again, round "
                           f"{round_number + 1}")  # fmt: skip
                 continue
             _move(place, tip)
-            _say(log, f"backed up and restored {place.memory} at {tip[:12]}")
+            say(log, f"backed up and restored {place.memory} at {tip[:12]}")
             return BackupResult(tip, round_number)
     raise RefusedError(
         f"the memory server kept writing {place.memory} during {ROUNDS} rounds; everything it "
@@ -182,7 +182,7 @@ def restore(
                 "run restore (or backup) again"
             ) from None
         _move(place, tip)
-        _say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}")
+        say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}")
         return BackupResult(tip, 1)
 
 
@@ -305,7 +305,7 @@ def _base(place: _Place, live: bytes, log: TextIO) -> str | None:
     seen = any(_server_view(now.get(key)) == _server_view(restored.get(key)) for key in brought)
     if seen:
         return synced
-    _say(log, f"the last restore of {place.memory} was overwritten by the memory server; "
+    say(log, f"the last restore of {place.memory} was overwritten by the memory server; "
               "backing up on top of this machine's previous backup instead")  # fmt: skip
     return own
 
@@ -403,5 +403,3 @@ def _move(place: _Place, commit: str, *, own: bool = False) -> None:
         place.git("update-ref", place.ref(own=True), commit)
 
 
-def _say(log: TextIO, line: str) -> None:
-    print(f"{PROGRAM}: {line}", file=log, flush=True)

@@ -22,7 +22,8 @@ from typing import TextIO
 
 import orjson
 
-from crdt_merge_driver.clone import PROGRAM, Clone, SyncError, say
+from crdt_merge_driver import PROGRAM
+from crdt_merge_driver.clone import Clone, SyncError, say
 from crdt_merge_driver.lock import group_gone
 from crdt_merge_driver.rebase import rebase
 from crdt_merge_driver.verdict import Transient

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 
-from crdt_merge_driver import __version__
+from crdt_merge_driver import PROGRAM, __version__
 from crdt_merge_driver.errors import CrdtError, ExitCode
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
-PROGRAM = "crdt-merge-driver"
 DRIVER_NAME = "crdt-memory"
 
 # Subcommands import their modules lazily; ruff's PLC0415 is off in this file

@@ -16,11 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from crdt_merge_driver import git, install
+from crdt_merge_driver import PROGRAM, git, install
 from crdt_merge_driver.errors import CrdtError
 from crdt_merge_driver.verdict import redact
 
-PROGRAM = "crdt-merge-driver"
 DRIVER_NAME = install.DEFAULT_NAME  # the name install writes
 # sync's attributes files in the git folder: this name plus a unique suffix.
 ATTRIBUTES = "crdt-merge-driver-sync.attributes"

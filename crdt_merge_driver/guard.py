@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from crdt_merge_driver.clone import DRIVER_NAME, PROGRAM, Clone, merge_attributes, read_blobs
+from crdt_merge_driver import PROGRAM
+from crdt_merge_driver.clone import DRIVER_NAME, Clone, merge_attributes, read_blobs
 from crdt_merge_driver.codec import parse
 from crdt_merge_driver.errors import InputError, RefusedError
 from crdt_merge_driver.record import Key, describe

@@ -21,11 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from crdt_merge_driver import git
+from crdt_merge_driver import PROGRAM, git
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.errors import CrdtError
 
-PROGRAM = "crdt-merge-driver"
 DEFAULT_PATTERNS = ("memory*.json", "memory*.jsonl", "unified-memory.json")
 DESCRIPTION = "CRDT merge of AI-agent memory files (crdt-merge-driver)"
 # cli.DRIVER_NAME, repeated so that the library does not import the CLI.

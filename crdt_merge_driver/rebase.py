@@ -15,8 +15,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TextIO
 
-from crdt_merge_driver import git
-from crdt_merge_driver.clone import PROGRAM, Clone, SyncError, say
+from crdt_merge_driver import PROGRAM, git
+from crdt_merge_driver.clone import Clone, SyncError, say
 from crdt_merge_driver.errors import CrdtError, GitError, RefusedError
 from crdt_merge_driver.lock import group_gone
 from crdt_merge_driver.verdict import first_line, redact

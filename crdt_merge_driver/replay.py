@@ -32,9 +32,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from crdt_merge_driver import PROGRAM
 from crdt_merge_driver.clone import (
     DRIVER_NAME,
-    PROGRAM,
     Clone,
     Object,
     merge_attributes,

@@ -26,10 +26,9 @@ from typing import NamedTuple, TextIO
 
 import tenacity
 
-from crdt_merge_driver import checkout, git, install
+from crdt_merge_driver import PROGRAM, checkout, git, install
 from crdt_merge_driver.clone import (
     ATTRIBUTES,
-    PROGRAM,
     Clone,
     SyncError,
     check_idle,
