@@ -32,7 +32,7 @@ import orjson
 from crdt_merge_driver import PROGRAM, git, install, sync
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
 from crdt_merge_driver.clock import HybridClock
-from crdt_merge_driver.clone import say
+from crdt_merge_driver.clone import Clone, say
 from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
 from crdt_merge_driver.live import machine_version, records_of, server_form, stamps_in
 from crdt_merge_driver.merge import merge_bytes
@@ -45,7 +45,6 @@ HOST_VARIABLE = "CRDT_MERGE_DRIVER_HOST"
 # The server writes after every tool call; give up (nothing lost) after this
 # many rounds in which it wrote between our read and our restore.
 ROUNDS = 5
-BACKUP_LOCK = "crdt-merge-driver-backup.lock"
 _FETCH_TIMEOUT = 60.0
 
 
@@ -59,22 +58,33 @@ class BackupResult(NamedTuple):
 
 
 class _Place(NamedTuple):
-    """Where a backup runs: the live file, the clone, the file's path in it."""
+    """Where a backup runs: the live file, the clone (prepared by sync), the file's path in it."""
 
     memory: Path
-    top: Path
-    git_dir: Path
+    clone: Clone
     as_path: str
-    remote: str
-    branch: str
-    env: Mapping[str, str]
+
+    @property
+    def top(self) -> Path:
+        return self.clone.top
+
+    @property
+    def git_dir(self) -> Path:
+        return self.clone.git_dir
+
+    @property
+    def remote(self) -> str:
+        return self.clone.remote
+
+    @property
+    def branch(self) -> str:
+        return self.clone.branch
 
     def git(
         self, *args: str, stdin: bytes | None = None, check: bool = True,
         env: Mapping[str, str] | None = None, timeout: float | None = None,
     ) -> git.Result:  # fmt: skip
-        return git.run(*args, cwd=self.top, env={**self.env, **(env or {})}, stdin=stdin,
-                       check=check, timeout=timeout)  # fmt: skip
+        return self.clone.git(*args, stdin=stdin, check=check, env=env, timeout=timeout)
 
     def rev(self, name: str) -> str | None:
         result = self.git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
@@ -93,11 +103,9 @@ class _Place(NamedTuple):
         # Only the file backup committed; a clone that has none yet (a restore
         # before any backup) has nothing to commit at all: an empty list, which
         # sync reads as "commit nothing" (None would mean every memory file).
-        mine = [Path(self.as_path)] if (self.top / self.as_path).exists() else []
-        sync.sync(
-            repo=self.top, remote=self.remote, branch=self.branch, paths=mine,
-            attempts=attempts, deadline=deadline, sleep=sleep, log=log,
-        )  # fmt: skip
+        mine = [self.top / self.as_path] if (self.top / self.as_path).exists() else []
+        sync.land(self.clone, paths=mine, attempts=attempts, deadline=deadline, sleep=sleep,
+                  log=log)  # fmt: skip
 
     def ref(self, *, own: bool = False) -> str:
         """The last-sync point (what the live file reflects), or this machine's last own version."""
@@ -201,28 +209,10 @@ def _place(
         )
     folder = repo or _env_path("REPO_DIR") or Path.cwd()
     top = install.find_toplevel(folder)
-    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
-    remote = _remote(top)
-    with (
-        sync.lock(git_dir, log, name=BACKUP_LOCK, what="backup"),
-        sync.driver_environment(top, git_dir) as env,
-    ):
-        # A backup killed mid-rebase leaves HEAD detached: clear that first.
-        sync.recover_interrupted(repo=top, log=log)
-        _check_idle(top, git_dir)
-        branch = _branch(top)
-        yield _Place(live, top, git_dir, as_path or DEFAULT_AS, remote, branch, env)
-
-
-_BUSY = {"MERGE_HEAD": "a merge", "CHERRY_PICK_HEAD": "a cherry-pick", "REVERT_HEAD": "a revert",
-         "rebase-merge": "a rebase", "rebase-apply": "a rebase"}  # fmt: skip
-
-
-def _check_idle(top: Path, git_dir: Path) -> None:
-    """Refuse to start in the middle of the user's own merge (backup merges, and may abort)."""
-    for name, what in _BUSY.items():
-        if (git_dir / name).exists():
-            raise BackupError(f"{what} is in progress in {top}: finish or abort it, then back up")
+    # Under sync's own lock for the whole round: a sync from cron and a
+    # backup never work in one clone at once, nor two backups.
+    with sync.prepared(top, remote=_remote(top), log=log) as clone:
+        yield _Place(live, clone, as_path or DEFAULT_AS)
 
 
 def _live_path(memory: Path | None) -> Path:
@@ -242,13 +232,6 @@ def _remote(top: Path) -> str:
     if not remotes:
         raise BackupError(f"{top} has no remote to back up to: `git remote add origin URL` first")
     return "origin" if "origin" in remotes else remotes[0]
-
-
-def _branch(top: Path) -> str:
-    result = git.run("symbolic-ref", "--quiet", "--short", "HEAD", cwd=top, check=False)
-    if result.returncode != 0:
-        raise BackupError(f"{top} has a detached HEAD: check out the branch the backups go to")
-    return result.stdout.decode().strip()
 
 
 # --- steps ------------------------------------------------------------------------

@@ -138,7 +138,10 @@ def find_url(top: Path, remote: str) -> str:
 def current_branch(clone: Clone) -> str:
     result = clone.git("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
     if result.returncode != 0:
-        raise SyncError("HEAD is detached: pass --branch NAME to say which remote branch to sync")
+        raise SyncError(
+            f"HEAD is detached in {clone.top}: pass --branch NAME to say which remote branch "
+            "to sync, or check out the branch the memory goes to"
+        )
     return result.stdout.decode().strip()
 
 

@@ -26,9 +26,9 @@ _DEAD = ("Z", "X")
 
 
 @contextmanager
-def lock(git_dir: Path, log: TextIO, *, name: str = LOCK, what: str = "sync") -> Iterator[None]:
-    """Hold ``<git dir>/<name>`` (created with O_EXCL, holding our pid) while ``what`` runs."""
-    path = git_dir / name
+def lock(git_dir: Path, log: TextIO, *, what: str = "sync or backup") -> Iterator[None]:
+    """Hold ``<git dir>/<LOCK>`` (O_EXCL, holding our pid) while sync or backup runs."""
+    path = git_dir / LOCK
     for _ in range(5):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

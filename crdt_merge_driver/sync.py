@@ -20,7 +20,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -61,7 +62,9 @@ __all__ = [
     "SyncResult",
     "Transient",
     "driver_environment",
+    "land",
     "lock",
+    "prepared",
     "recover_interrupted",
     "retrying",
     "sync",
@@ -175,6 +178,26 @@ def sync(
     if attempts < 1 or not deadline > 0:
         raise SyncError("--attempts must be at least 1 and --deadline above 0 seconds")
     began, spent = time.monotonic(), _cpu_seconds()
+    with prepared(repo, remote=remote, branch=branch, log=log) as clone:
+        mine = None if paths is None else [(repo / path).absolute() for path in paths]
+        return land(
+            clone, paths=mine, message=message, attempts=attempts, deadline=deadline,
+            allow_mass_delete=allow_mass_delete, sleep=sleep, log=log, since=(began, spent),
+        )  # fmt: skip
+
+
+@contextmanager
+def prepared(
+    repo: Path, *, remote: str = "origin", branch: str | None = None, log: TextIO = sys.stderr
+) -> Iterator[Clone]:
+    """The clone, ready to sync, for as long as the block runs.
+
+    Under the clone's lock, with the driver supplied to every git command,
+    after finishing what a killed sync left, and never in the middle of the
+    user's own merge or rebase. `sync` runs in it; `backup` runs its whole
+    round in it, so a sync from cron and a backup never work in one clone at
+    once.
+    """
     top = install.find_toplevel(repo)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     with lock(git_dir, log), driver_environment(top, git_dir) as env:
@@ -183,14 +206,27 @@ def sync(
         recover(clone, log)
         checkout.recover(clone, log)
         check_idle(clone)
-        clone = clone._replace(branch=branch or current_branch(clone))
-        mine = None if paths is None else [(repo / path).absolute() for path in paths]
-        commit(clone, mine, message, log)
-        crowd = time.monotonic() - began - (_cpu_seconds() - spent)
-        return push_until_landed(
-            clone, attempts=attempts, deadline=deadline, allow_mass_delete=allow_mass_delete,
-            sleep=sleep, log=log, crowd=crowd,
-        )  # fmt: skip
+        yield clone._replace(branch=branch or current_branch(clone))
+
+
+def land(
+    clone: Clone, *, paths: Sequence[Path] | None = None, message: str | None = None,
+    attempts: int = 30, deadline: float = 300.0, allow_mass_delete: bool = False,
+    sleep: Callable[[float], None] = time.sleep, log: TextIO = sys.stderr,
+    since: tuple[float, float] | None = None,
+) -> SyncResult:  # fmt: skip
+    """In a `prepared` clone: commit ``paths`` (None: every changed memory file), then push.
+
+    ``since``: the wall and CPU clocks when the caller began, to tell how long
+    its git commands waited for a CPU (the first wait on a busy machine).
+    """
+    began, spent = since or (time.monotonic(), _cpu_seconds())
+    commit(clone, paths, message, log)
+    crowd = time.monotonic() - began - (_cpu_seconds() - spent)
+    return push_until_landed(
+        clone, attempts=attempts, deadline=deadline, allow_mass_delete=allow_mass_delete,
+        sleep=sleep, log=log, crowd=crowd,
+    )  # fmt: skip
 
 
 def _cpu_seconds() -> float:

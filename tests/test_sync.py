@@ -741,7 +741,7 @@ def test_a_detached_head_needs_a_branch(pair: tuple[Path, Path], origin: Path) -
     laptop, _ = pair
     gitrepo.git(laptop, "checkout", "--quiet", "--detach")
     (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
-    with pytest.raises(SyncError, match="HEAD is detached: pass --branch NAME"):
+    with pytest.raises(SyncError, match=r"HEAD is detached in .*: pass --branch NAME"):
         run(laptop)
     result, _, _ = run(laptop, branch="main")
     assert names_on(origin) == {*SEED, "erin"}
@@ -861,14 +861,15 @@ def test_a_live_sync_holds_the_lock(pair: tuple[Path, Path]) -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (laptop / ".git" / LOCK).write_text(f"{sleeper.pid}\n")
-        with pytest.raises(RefusedError, match=f"another sync \\(pid {sleeper.pid}\\) is running"):
+        holder = f"another sync or backup \\(pid {sleeper.pid}\\) is running"
+        with pytest.raises(RefusedError, match=holder):
             run(laptop)
     finally:
         sleeper.kill()
         sleeper.wait()
     assert (laptop / ".git" / LOCK).read_text() == f"{sleeper.pid}\n"  # not ours to remove
     result, log, _ = run(laptop)  # now the holder is gone: taken over
-    assert f"took over {LOCK} from sync pid {sleeper.pid}, which is gone" in log
+    assert f"took over {LOCK} from sync or backup pid {sleeper.pid}, which is gone" in log
     assert not (laptop / ".git" / LOCK).exists()
     assert result.attempts == 1
 
@@ -877,7 +878,7 @@ def test_a_lock_without_a_pid_is_taken_over_once_old(pair: tuple[Path, Path]) ->
     laptop, _ = pair
     lock = laptop / ".git" / LOCK
     lock.write_text("")
-    with pytest.raises(RefusedError, match=r"another sync \(just starting\)"):
+    with pytest.raises(RefusedError, match=r"another sync or backup \(just starting\)"):
         run(laptop)
     old = time.time() - 60
     os.utime(lock, (old, old))
@@ -1002,7 +1003,7 @@ def test_a_lock_that_keeps_being_taken_gives_up(pair: tuple[Path, Path]) -> None
     git_dir = laptop / ".git"
     (git_dir / LOCK).write_text("99999999\n")  # a dead pid...
     (git_dir / f"{LOCK}.takeover").write_text("")  # ...that another sync is taking over now
-    with pytest.raises(RefusedError, match="another sync keeps taking it"):
+    with pytest.raises(RefusedError, match="another sync or backup keeps taking it"):
         run(laptop)
     assert (git_dir / LOCK).read_text() == "99999999\n"
 
@@ -1025,7 +1026,7 @@ def test_a_lock_with_our_own_pid_is_stale(pair: tuple[Path, Path]) -> None:
     laptop, _ = pair
     (laptop / ".git" / LOCK).write_text(f"{os.getpid()}\n")
     result, log, _ = run(laptop)
-    assert f"from sync pid {os.getpid()}" in log and result.attempts == 1
+    assert f"from sync or backup pid {os.getpid()}" in log and result.attempts == 1
 
 
 def test_a_lock_taken_meanwhile_is_not_broken(pair: tuple[Path, Path]) -> None:
