@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from itertools import accumulate, count
+from operator import add
 
 import orjson
 
@@ -31,6 +33,10 @@ _CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>", b"|||||||")
 _ENTITY_PREFIX = b'{"type":"entity","name":"'
 _NAME_START = len(_ENTITY_PREFIX)
 _SHORTEST_ENTITY = len(b'{"type":"entity","name":"","entityType":"","observations":[]}')
+# Lines are indexed this many bytes at a time: each chunk's copies of its
+# lines are freed before the next, so a fresh process reuses their memory
+# instead of faulting in new pages for a copy of the whole file.
+_CHUNK = 256 << 10
 
 
 _LINE_ENDS = b"\r\n"
@@ -77,59 +83,103 @@ def _newline_of(data: Buffer) -> bytes | None:
 
 
 def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
-    """Index JSONL; ``strict`` parses every line instead of reading server entities by prefix."""
+    """Index JSONL; ``strict`` parses every line instead of reading the server's lines by form.
+
+    The hot path of the driver: every ancestor line passes through here. So
+    the work is done a chunk of lines at a time by bytes methods and
+    comprehensions, not line by line, and a line in the server's own entity
+    or relation layout yields its identity without a parse.
+    """
     newline = _newline_of(data)
-    crlf = newline == b"\r\n"
     size = len(data)
     document = Document(Style(JSONL, newline, data[size - 1] == 0x0A, None))
     document.data = data
-    clean = True
-    # The hot loop of the driver: one pass over every ancestor line, so names
-    # are bound locally and the server's entity layout is read without parsing.
-    find, prefix = data.find, _ENTITY_PREFIX
-    add_start, add_end = document.starts.append, document.ends.append
-    add_key, add_kind = document.keys.append, document.kinds.append
     position = 0
     while position < size:
-        stop = find(b"\n", position)
-        if stop < 0:
-            stop = size
-        # A carriage return ends a line in any file: one merge=union made of an
-        # LF side and a CRLF side has both, and JSON never ends in one.
-        end = stop - 1 if stop > position and data[stop - 1] == 0x0D else stop
-        if (end != stop) is not crlf and stop < size:
-            clean = False
-        key: Key | None = None
-        name_start = position + _NAME_START
-        if (
-            not strict
-            and end - position >= _SHORTEST_ENTITY
-            and data[end - 1] == 0x7D  # "}"
-            and data[end - 2] == 0x5D  # "]"
-            and find(prefix, position, name_start) == position
-        ):
-            name_end = find(b'"', name_start, end)
-            if name_end > 0 and find(b"\\", name_start, name_end) < 0:
-                try:
-                    key = data[name_start:name_end].decode("utf-8")
-                except UnicodeDecodeError:
-                    key = None
-        if key is not None:
-            kind = 0
-        else:
-            parsed = _parse_line(data[position:end], partial(line_at, data, position))
-            if parsed is None:
-                position = stop + 1
-                continue
-            key, kind = parsed
-        add_start(position)
-        add_end(end)
-        add_key(key)
-        add_kind(kind)
-        position = stop + 1
-    document.clean = clean
+        # Whole lines only, a bounded copy at a time (a large file is mapped).
+        cut = data.rfind(b"\n", position, position + _CHUNK) + 1
+        if cut <= position:  # one line longer than a chunk
+            cut = data.find(b"\n", position + _CHUNK) + 1 or size
+        _index_chunk(document, data[position:cut], position, strict=strict)
+        position = cut
     _index_keys(document)
     return document
+
+
+def _index_chunk(document: Document, text: bytes, offset: int, *, strict: bool) -> None:
+    """Add the lines of ``text``, which starts at byte ``offset`` of the file."""
+    lines = text.split(b"\n")
+    breaks = len(lines) - 1
+    if not lines[-1]:
+        lines.pop()  # what follows the final line break is no line
+    starts = list(map(add, accumulate(map(len, lines), initial=offset), count()))
+    # A carriage return ends a line in any file: a merge=union of an LF side
+    # and a CRLF side has both, and JSON never ends in one.
+    if b"\r" in text:
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        crlf_breaks = text.count(b"\r\n")
+    else:
+        crlf_breaks = 0
+    if document.style.newline == b"\r\n":
+        document.clean &= crlf_breaks == breaks
+    else:
+        document.clean &= crlf_breaks == 0
+    keys: list[Key | None] = [None] * len(lines) if strict else _entity_names(lines)
+    kinds = bytearray(len(lines))
+    blank: list[int] = []
+    for at in [at for at, key in enumerate(keys) if key is None]:
+        line = lines[at]
+        parsed = _parse_line(line, partial(line_at, document.data, starts[at]))
+        if parsed is None:
+            blank.append(at)
+        else:
+            keys[at], kinds[at] = parsed
+    ends = list(map(add, starts, map(len, lines)))
+    if blank:
+        for at in reversed(blank):
+            del keys[at], kinds[at], starts[at], ends[at]
+    document.starts.extend(starts[: len(keys)])
+    document.ends.extend(ends)
+    document.keys.extend(keys)  # type: ignore[arg-type]  # every None was replaced or deleted
+    document.kinds.extend(kinds)
+
+
+def _entity_names(lines: list[bytes]) -> list[Key | None]:
+    """The name of each line in the server's entity layout, read without a parse; else None.
+
+    A name with a backslash (an escape) or that is not UTF-8 is left to the parser.
+    """
+    prefix, start, shortest = _ENTITY_PREFIX, _NAME_START, _SHORTEST_ENTITY
+    quotes = [
+        line.find(b'"', start)
+        if len(line) >= shortest and line.startswith(prefix) and line.endswith(b"]}")
+        else 0
+        for line in lines
+    ]
+    names = [line[start:quote] for line, quote in zip(lines, quotes, strict=True) if quote > 0]
+    if not names:
+        return [None] * len(lines)
+    joined = b"\n".join(names)  # no line holds a line break, so this splits back
+    try:
+        if b"\\" in joined:
+            raise ValueError("an escaped name")
+        decoded = iter(joined.decode("utf-8").split("\n"))
+    except ValueError:  # UnicodeDecodeError is one
+        return [
+            _entity_name(line, quote) if quote > 0 else None
+            for line, quote in zip(lines, quotes, strict=True)
+        ]
+    return [next(decoded) if quote > 0 else None for quote in quotes]
+
+
+def _entity_name(line: bytes, quote: int) -> str | None:
+    name = line[_NAME_START:quote]
+    if b"\\" in name:
+        return None
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _index_keys(document: Document) -> None:

@@ -170,16 +170,19 @@ _SERVER_RECORDS = st.lists(
     layout=st.tuples(
         st.sampled_from([b"\n", b"\r\n"]), st.sampled_from([b"", b"  "]), st.booleans()
     ),
+    chunk=st.sampled_from([1, 64, codec._CHUNK]),
 )
 def test_the_server_layout_read_by_form_gives_what_a_parse_gives(
-    records: list[Record], layout: tuple[bytes, bytes, bool]
+    records: list[Record], layout: tuple[bytes, bytes, bool], chunk: int
 ) -> None:
     newline, blank, final = layout
     lines = [orjson.dumps(record) for record in records]
     if lines:
         lines.insert(len(lines) // 2, blank)  # a blank line is no record
     data = newline.join(lines) + (newline if final else b"")
-    document = codec.parse(data)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(codec, "_CHUNK", chunk)  # lines longer than a chunk, or many chunks
+        document = codec.parse(data)
     kept = [line for line in lines if line.strip()]
     keys = [identify(orjson.loads(line)) for line in kept]
     assert document.keys == keys
