@@ -221,7 +221,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary)
+        # help strings are %-formatted by argparse, a description is printed as it is
+        sub = commands.add_parser(name, help=summary, description=summary.replace("%%", "%"))
         sub.set_defaults(handler=handler)
         return sub
 
@@ -259,7 +260,8 @@ def _parser() -> argparse.ArgumentParser:
                 "--pattern",
                 action="append",
                 metavar="GLOB",
-                help="files to attach the driver to (repeatable; default: memory*.json[l])",
+                help="files to attach the driver to (repeatable; default: memory*.json, "
+                "memory*.jsonl, unified-memory.json)",
             )
 
     doctor = command("doctor", _doctor, "check that the driver is configured and attached")

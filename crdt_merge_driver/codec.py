@@ -88,7 +88,7 @@ def _index_jsonl(data: Buffer, *, strict: bool = False) -> Document:
     The hot path of the driver: every ancestor line passes through here. So
     the work is done a chunk of lines at a time by bytes methods and
     comprehensions, not line by line, and a line in the server's own entity
-    or relation layout yields its identity without a parse.
+    layout yields its identity without a parse.
     """
     newline = _newline_of(data)
     size = len(data)
