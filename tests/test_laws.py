@@ -20,6 +20,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from crdt_merge_driver.merge import join_bytes, merge_bytes
+from crdt_merge_driver.record import encode
 from tests.strategies import (
     CRLF,
     SERVER,
@@ -28,6 +29,7 @@ from tests.strategies import (
     History,
     array_layouts,
     array_triples,
+    concurrent_scalar_edits,
     damaged_triples,
     graph_of,
     history_of,
@@ -232,9 +234,10 @@ def _check_observations(base: Graph, side: Graph, other: Graph, result: Result) 
 
 
 @settings(max_examples=400)
-@given(triples())
+@given(st.one_of(triples(), concurrent_scalar_edits()))
 def test_scalar_edits_follow_the_register_rules(history: History) -> None:
-    """One side's scalar edit wins; concurrent stamped edits go to the later stamp."""
+    """One side's scalar edit wins; concurrent edits: stamped over unstamped, the later stamp,
+    else the greater canonical bytes."""
     base, ours, theirs = history.base.graph, history.sides[0].graph, history.sides[1].graph
     result = Result(merged(history.base.data, history.sides[0].data, history.sides[1].data))
     before = {name: _register(record) for name, record in base.entity_records().items()}
@@ -251,8 +254,12 @@ def test_scalar_edits_follow_the_register_rules(history: History) -> None:
             assert got == a
         elif a == o:
             assert got == b
-        elif "_crdt" in a and "_crdt" in b and _stamp(a) != _stamp(b):
+        elif ("_crdt" in a) != ("_crdt" in b):
+            assert got == (a if "_crdt" in a else b), f"{name!r}: the unstamped version won"
+        elif "_crdt" in a and _stamp(a) != _stamp(b):
             assert got == max(a, b, key=_stamp), f"{name!r}: the earlier stamp won"
+        else:  # no stamps, or the same stamp: by content alone
+            assert got == max(a, b, key=encode), f"{name!r}: not the greater canonical bytes"
 
 
 def _register(record: Record) -> Record:
