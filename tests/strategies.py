@@ -353,14 +353,27 @@ def quadruples() -> st.SearchStrategy[History]:
 _EXTRA_COUNT = st.integers(1, 4)
 
 
-def _insert_copies(draw: st.DrawFn, data: bytes, pool: Sequence[bytes]) -> bytes:
-    """``data`` with a few lines of ``pool`` inserted anywhere, in ``data``'s layout."""
-    layout = Layout(b"\r\n" if b"\r\n" in data else b"\n", data.endswith(b"\n"))
-    lines = _lines(data)
+def _insert_copies(draw: st.DrawFn, data: bytes, pool: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``data`` with a few lines of ``pool`` inserted anywhere, each with its own line break.
+
+    ``pool`` holds lines with the break of the file they come from, so a CRLF
+    line inserted into an LF file keeps its CR: what ``merge=union`` of an LF
+    side and a CRLF side leaves.
+    """
+    newline = b"\r\n" if b"\r\n" in data else b"\n"
+    lines = [(line, newline) for line in _lines(data)]
     for _ in range(draw(_EXTRA_COUNT)):
         lines.insert(draw(_index(len(lines) + 1)), _pick(draw, pool))
-    body = layout.newline.join(lines)
-    return body + layout.newline if layout.final_newline else body
+    body = b"".join(line + ending for line, ending in lines)
+    if not data.endswith(b"\n"):
+        body = body.removesuffix(lines[-1][1])
+    return body
+
+
+def _pool(*files: bytes) -> list[tuple[bytes, bytes]]:
+    """Every line of ``files``, with its file's line break."""
+    return [(line, b"\r\n" if b"\r\n" in data else b"\n")
+            for data in files for line in _lines(data)]  # fmt: skip
 
 
 @st.composite
@@ -373,7 +386,7 @@ def damaged_triples(draw: st.DrawFn) -> tuple[bytes, bytes, bytes]:
     """
     history = draw(histories(2))
     base, ours, theirs = history.base.data, history.sides[0].data, history.sides[1].data
-    pool = [line for data in (base, ours, theirs) for line in _lines(data)]
+    pool = _pool(base, ours, theirs)
     if pool:
         ours = _insert_copies(draw, ours, pool) if draw(_BOOL) else ours
         theirs = _insert_copies(draw, theirs, pool) if draw(_BOOL) else theirs
@@ -472,7 +485,7 @@ def jsonl_files(draw: st.DrawFn) -> bytes:
 def union_damaged_files(draw: st.DrawFn) -> bytes:
     """A JSONL file in which some records appear more than once, changed or not."""
     data = draw(jsonl_files())
-    pool = _lines(data) + _lines(draw(jsonl_files()))
+    pool = _pool(data, draw(jsonl_files()))
     return _insert_copies(draw, data, pool) if pool else data
 
 
