@@ -319,3 +319,28 @@ def test_a_side_that_deleted_the_last_line_is_read_once(count: int) -> None:
     merged, report = merge_bytes(base, ours, base)
     assert merged == ours
     assert (report.deleted, report.folded) == (1, 0)
+
+
+# --- an empty ancestor: the format the sides share, laid out as the server would --------------
+
+
+def test_two_arrays_over_an_empty_ancestor_give_an_array_indented_by_two() -> None:
+    merged, _ = merge_bytes(b"", dumps([ADA], None), dumps([BOB], 4))
+    # Both added: new records in identity order; no ancestor layout to keep: two spaces, and no
+    # final newline, as the server writes.
+    assert merged == json.dumps([ADA, BOB], indent=2, ensure_ascii=False).encode()
+
+
+def test_an_array_and_jsonl_over_an_empty_ancestor_give_jsonl() -> None:
+    merged, _ = merge_bytes(b"", dumps([ADA], 2), jsonl(orjson.dumps(BOB)))
+    assert merged == jsonl(orjson.dumps(ADA), orjson.dumps(BOB))
+
+
+def test_entities_are_matched_by_name_even_when_they_carry_an_id() -> None:
+    # Two machines created Ada, each with an id of its own: the server sees one entity, Ada.
+    ours = dumps([{**ADA, "id": "laptop-1"}], 2)
+    theirs = dumps([{**ADA, "id": "desktop-7", "observations": ["likes tea", "codes"]}], 2)
+    merged, _ = merge_bytes(b"", ours, theirs)
+    records = json.loads(merged)
+    assert [record["name"] for record in records] == ["Ada"]
+    assert sorted(records[0]["observations"]) == ["codes", "likes tea"]
