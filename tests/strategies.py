@@ -490,15 +490,17 @@ def union_damaged_files(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def array_triples(draw: st.DrawFn, layout: ArrayLayout | None = None) -> tuple[bytes, bytes, bytes]:
-    """A history of the older JSON array files: ancestor, ours, theirs.
+def array_histories(
+    draw: st.DrawFn, count: int = 2, layout: ArrayLayout | None = None
+) -> tuple[bytes, ...]:
+    """A history of the older JSON array files: the ancestor, then ``count`` versions.
 
-    The records are the same graph edits as `triples`, and the older
+    The records are the same graph edits as `histories`, and the older
     scripts' records are edited alongside (content rewritten with a new
-    timestamp, deleted, added). All three are written in ``layout`` if given,
+    timestamp, deleted, added). All are written in ``layout`` if given,
     else each in one shared layout or in its own.
     """
-    history = draw(histories(2))
+    history = draw(histories(count))
     legacy = draw(_LEGACY_RECORDS)
     versions = [legacy]
     for _ in history.sides:
@@ -512,14 +514,20 @@ def array_triples(draw: st.DrawFn, layout: ArrayLayout | None = None) -> tuple[b
         versions.append(edited_legacy + draw(_LEGACY_RECORDS))
     shared = layout or draw(_ARRAY_LAYOUT)
     graphs_ = (history.base.graph, *(side.graph for side in history.sides))
-    files = tuple(
+    return tuple(
         render_array(
             graph.records() + records,
             shared if layout or draw(_BOOL) else draw(_ARRAY_LAYOUT),
         )
         for graph, records in zip(graphs_, versions, strict=True)
     )
-    return files[0], files[1], files[2]
+
+
+@st.composite
+def array_triples(draw: st.DrawFn, layout: ArrayLayout | None = None) -> tuple[bytes, bytes, bytes]:
+    """Ancestor, ours and theirs as older JSON array files (see `array_histories`)."""
+    base, ours, theirs = draw(array_histories(2, layout))
+    return base, ours, theirs
 
 
 def memory_files() -> st.SearchStrategy[bytes]:

@@ -29,6 +29,7 @@ from tests.strategies import (
     Graph,
     History,
     Layout,
+    array_histories,
     array_layouts,
     array_triples,
     concurrent_scalar_edits,
@@ -198,6 +199,12 @@ def test_merging_the_merge_again_changes_nothing(history: History) -> None:
 def test_merges_with_a_common_ancestor_associate(history: History) -> None:
     base = history.base.data
     a, b, c = (side.data for side in history.sides)
+    assert merged(base, merged(base, a, b), c) == merged(base, a, merged(base, b, c))
+
+
+@given(array_histories(3))
+def test_merges_of_the_older_arrays_associate(files: tuple[bytes, ...]) -> None:
+    base, a, b, c = files
     assert merged(base, merged(base, a, b), c) == merged(base, a, merged(base, b, c))
 
 
