@@ -177,7 +177,10 @@ def race(method: str, writers: int, scratch: Path) -> Outcome:
             argv, cwd=clone, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         processes.append(process)
-    time.sleep(1.0 + writers * 0.03)  # every writer has started and is waiting
+    # The clones' writes reach the disk now, not in the middle of the race (the
+    # kernel flushes dirty pages some 30 s later), and every writer has started.
+    os.sync()
+    time.sleep(1.0 + writers * 0.03)
     began = time.monotonic()
     start.touch()
     outputs = [process.communicate() for process in processes]
@@ -295,8 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for writers in args.writers:
             runs: dict[str, list[Outcome]] = {method: [] for method in args.methods}
-            for _ in range(args.repeat):
-                for method in args.methods:  # alternate, so drift falls on both alike
+            for round_number in range(args.repeat):
+                # Alternate, and swap who goes first each round, so drift (and whatever
+                # the race before leaves behind) falls on both alike.
+                order = args.methods if round_number % 2 == 0 else args.methods[::-1]
+                for method in order:
                     outcome = race(method, writers, scratch)
                     print(table([[outcome]]).splitlines()[-1], file=sys.stderr, flush=True)
                     runs[method].append(outcome)
