@@ -23,8 +23,8 @@ from typing import TextIO
 import orjson
 
 from crdt_merge_driver import PROGRAM
-from crdt_merge_driver.clone import Clone, SyncError, say
-from crdt_merge_driver.lock import group_gone
+from crdt_merge_driver.clone import Clone, say
+from crdt_merge_driver.lock import clear_index_lock
 from crdt_merge_driver.rebase import rebase
 from crdt_merge_driver.verdict import Transient
 
@@ -89,15 +89,7 @@ def recover(clone: Clone, log: TextIO) -> None:
         old, new = str(left["old"]), str(left["new"])
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
         left, old, new = {}, "", ""
-    index_lock = clone.git_dir / "index.lock"
-    if index_lock.exists():
-        # Killed inside read-tree: safe to remove only if nothing of that sync still runs.
-        if not group_gone(left.get("pgid")):
-            raise SyncError(
-                f"an interrupted sync left {index_lock}, and a process of its group may still "
-                f"run; wait for it, or if no git runs here, delete {index_lock} and sync again"
-            )
-        index_lock.unlink(missing_ok=True)
+    clear_index_lock(clone.git_dir, left.get("pgid"), left="")  # killed inside read-tree
     versions = _differences(clone, old, new) if old and new else {}
     present = [path for path in versions if (clone.top / path).is_file()]
     feed = "".join(f"{path}\n" for path in present).encode("utf-8", "surrogateescape")

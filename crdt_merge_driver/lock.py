@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from crdt_merge_driver.clone import say
+from crdt_merge_driver.clone import SyncError, say
 from crdt_merge_driver.errors import RefusedError
 
 LOCK = "crdt-merge-driver-sync.lock"
@@ -137,3 +137,22 @@ def group_gone(pgid: int | None, grace: float = 1.0) -> bool:
         if time.monotonic() > give_up:
             return False
         time.sleep(0.05)
+
+
+def clear_index_lock(git_dir: Path, pgid: int | None, *, left: str) -> None:
+    """Remove the ``index.lock`` a killed sync's git left, if no process of its group runs.
+
+    git cannot remove its lock when killed; another git may hold one, though,
+    so it goes only when nothing of that sync (process group ``pgid``) is
+    alive. ``left``: what else the killed sync left, for the message.
+    """
+    index_lock = git_dir / "index.lock"
+    if not index_lock.exists():
+        return
+    if not group_gone(pgid):
+        raise SyncError(
+            f"an interrupted sync left {left}{index_lock}, and a process of its group may still "
+            f"run; wait for it, or if no git runs here, delete {index_lock} and sync again"
+        )
+    index_lock.unlink(missing_ok=True)
+

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TextIO
 
 from crdt_merge_driver import PROGRAM, git
-from crdt_merge_driver.clone import Clone, SyncError, say
+from crdt_merge_driver.clone import Clone, say
 from crdt_merge_driver.errors import CrdtError, GitError, RefusedError
-from crdt_merge_driver.lock import group_gone
+from crdt_merge_driver.lock import clear_index_lock
 from crdt_merge_driver.verdict import first_line, redact
 
 # In the git folder (per worktree): the mark of a rebase sync started.
@@ -120,18 +120,8 @@ def recover(clone: Clone, log: TextIO) -> None:
         return
     if clone.rebasing():
         left = read_mark(mark)
-        index_lock = clone.git_dir / "index.lock"
-        if index_lock.exists():
-            # Killed while the driver ran: git held the index then and could
-            # not remove its lock. Safe to remove only if nothing of that
-            # sync (its process group) is still running.
-            if not group_gone(left.get("pgid")):
-                raise SyncError(
-                    f"an interrupted sync left a rebase and {index_lock}, and a process of "
-                    f"its group may still run; wait for it, or if no git runs here, delete "
-                    f"{index_lock} and sync again"
-                )
-            index_lock.unlink(missing_ok=True)
+        # Killed while the driver ran: git held the index then.
+        clear_index_lock(clone.git_dir, left.get("pgid"), left="a rebase and ")
         clone.git("rebase", "--abort")
         remove_merge_temps(clone, since=mark.stat().st_mtime)
         say(log, f"aborted the rebase an interrupted sync left (pid {left.get('pid', '?')}); "
