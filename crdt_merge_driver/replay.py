@@ -25,10 +25,11 @@ encoding header, signed commits, or the driver's kill switch.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -41,14 +42,17 @@ from crdt_merge_driver.clone import (
     read_objects,
 )
 from crdt_merge_driver.driver import KILL_SWITCH
-from crdt_merge_driver.errors import InputError
+from crdt_merge_driver.errors import GitError, InputError, RefusedError
 from crdt_merge_driver.merge import merge_bytes
 from crdt_merge_driver.rebase import refuse_damaged
 
-# The commits rebase would replay, oldest first, with what each changed.
-_LOG = ("log", "-z", "--reverse", "--topo-order", "--right-only", "--cherry-mark",
-        "--no-renames", "--raw", "--no-abbrev", "--no-color", "--no-show-signature",
-        "--no-ext-diff", "--no-relative", "--format=%m %H %P")  # fmt: skip
+# What each commit changed, oldest first.
+_RAW_LOG = ("log", "-z", "--reverse", "--topo-order", "--no-renames", "--raw", "--no-abbrev",
+            "--no-color", "--no-show-signature", "--no-ext-diff", "--no-relative")  # fmt: skip
+# The commits rebase would replay, marked "=" where the same change is upstream.
+_LOG = (*_RAW_LOG, "--right-only", "--cherry-mark", "--format=%m %H %P")
+# Other machines' waiting commits (see `_waiting`), each entry after a \1.
+_LOG_WAITING = (*_RAW_LOG, "--format=%x01%m %H %P")
 _PLAIN = ("100644", "100755")  # regular files; a symlink or a submodule goes to git
 _AUTHOR = re.compile(rb"author (?P<name>[^<>\n]*) <(?P<email>[^<>\n]*)> (?P<date>\d+ [+-]\d{4})$")
 _CRUD = bytes(range(33)) + b".,:;<>\"\\'"  # what git strips from the ends of a name or email
@@ -72,6 +76,7 @@ class Replayed(NamedTuple):
     head: str  # the last replayed commit; HEAD is not there yet (see `checkout.move_head`)
     # Each memory file the push changes: the remote's version, the pushed one.
     files: dict[str, tuple[bytes | None, bytes | None]]
+    carried: tuple[str, ...] = ()  # the other heads whose commits ``head`` holds too
 
 
 class Memo:
@@ -79,27 +84,51 @@ class Memo:
 
     def __init__(self) -> None:
         self.attributes: dict[str, str] = {}
-        self.signing: bool | None = None
+        self.otherwise: bool | None = None  # see `_writes_otherwise`
 
     def forget(self) -> None:
         # git rebase may have brought a new .gitattributes.
         self.attributes.clear()
 
 
-def replay(clone: Clone, head: str, onto: str, memo: Memo) -> Replayed | None:
-    """Land the local commits on ``onto`` as git rebase would; None: leave it to git rebase."""
+def replay(
+    clone: Clone, head: str, onto: str, memo: Memo, others: Sequence[str] = ()
+) -> Replayed | None:
+    """Land the local commits on ``onto`` as git rebase would; None: leave it to git rebase.
+
+    ``others``: heads of other machines' commits waiting to land (see
+    pending.py), replayed after the local ones, each as if rebased in turn.
+    One that replay cannot do, or whose memory file the driver cannot merge,
+    is left out (`Replayed.carried` names those that are in): it never stops
+    the local commits from landing.
+    """
     if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
         return None  # the driver would defer to git's text merge
     picks = _picks(clone, onto, head)
-    if picks is None or not _attached(clone, picks, memo) or _signing(clone, memo):
+    if picks is None or not _attached(clone, picks, memo) or _writes_otherwise(clone, memo):
         return None
     base, rewrite = _skip_kept(onto, [pick for pick in picks if not pick.upstream])
-    paths = sorted({change.path for pick in picks for change in pick.changes})
-    objects = _Objects(clone, head, onto, base, paths=paths, rewrite=rewrite)
-    if not objects.same_attributes() or not all(map(objects.fits, rewrite)):
+    waiting = {other: chain for other, chain in _waiting(clone, onto, head, others).items()
+               if _attached(clone, chain, memo)}  # fmt: skip
+    every = [*rewrite, *(pick for chain in waiting.values() for pick in chain)]
+    paths = sorted({change.path for pick in (*picks, *every) for change in pick.changes})
+    objects = _Objects(clone, (head, *waiting), onto, base, paths=paths, rewrite=every)
+    if not objects.same_attributes(head) or not all(map(objects.fits, rewrite)):
         return None
     state = {path: objects.at(base, path) for path in paths}
     steps = [_apply(clone, pick, state, objects) for pick in rewrite]
+    carried = []
+    for other, chain in waiting.items():
+        if not objects.same_attributes(other) or not all(map(objects.fits, chain)):
+            continue
+        before = dict(state)
+        try:
+            steps += [_apply(clone, pick, state, objects) for pick in chain]
+        except RefusedError:
+            state.update(before)  # the same paths: this undoes the chain's part
+            continue
+        rewrite += chain
+        carried.append(other)
     merged = [found.data for step in steps for _, found in step.values() if found.oid is None]
     ids = _write_blobs(clone, [data for data in dict.fromkeys(merged) if data is not None])
     new_head = _write_commits(clone, base, rewrite, steps, ids=ids, objects=objects)
@@ -107,11 +136,18 @@ def replay(clone: Clone, head: str, onto: str, memo: Memo) -> Replayed | None:
              for path, found in state.items()}  # fmt: skip
     files = {path: (objects.data_at(onto, path), found.data) for path, found in final.items()
              if objects.data_at(onto, path) != found.data}  # fmt: skip
-    return Replayed(new_head, files)
+    return Replayed(new_head, files, tuple(carried))
 
 
 def _picks(clone: Clone, onto: str, head: str) -> list[Pick] | None:
-    data = clone.git(*_LOG, f"{onto}...{head}").stdout
+    picks = _parse(clone.git(*_LOG, f"{onto}...{head}").stdout)
+    if picks is None or not picks or not all(pick.changes for pick in picks):
+        return None  # HEAD is behind (a fast-forward), an empty commit, or beyond replay
+    return picks
+
+
+def _parse(data: bytes) -> list[Pick] | None:
+    """The commits of a ``git log`` with `_LOG`'s format; None if one is beyond replay."""
     picks: list[Pick] = []
     tokens = iter(data.split(b"\0"))
     for token in tokens:
@@ -134,9 +170,38 @@ def _picks(clone: Clone, onto: str, head: str) -> list[Pick] | None:
         if len(parents) != 1:
             return None  # a merge (rebase would drop it) or a root commit
         picks.append(Pick(commit, parents[0], mark == "=", []))
-    if not picks or not all(pick.changes for pick in picks):
-        return None  # HEAD is behind (a fast-forward), or an empty commit
     return picks
+
+
+def _waiting(clone: Clone, onto: str, head: str, others: Sequence[str]) -> dict[str, list[Pick]]:
+    """The commits of each other head that ``onto`` and ``head`` lack, oldest first; one git log.
+
+    A head with a commit replay cannot do (a merge, a deletion, an empty
+    commit...) is left out: its own sync lands it, through git rebase.
+    """
+    if not others:
+        return {}
+    log = clone.git(*_LOG_WAITING, f"^{onto}", f"^{head}", *others, "--").stdout
+    commits: dict[str, Pick | None] = {}  # None: beyond replay
+    for entry in log.split(b"\1")[1:]:
+        parsed = _parse(entry)
+        commit = entry.split(b" ", 2)[1].decode()
+        commits[commit] = parsed[0] if parsed and parsed[0].changes else None
+    chains: dict[str, list[Pick]] = {}
+    taken: set[str] = set()
+    for other in dict.fromkeys(others):
+        chain: list[Pick] = []
+        commit = other
+        while commit in commits and commit not in taken:
+            pick = commits[commit]
+            if pick is None:
+                break
+            chain.append(pick)
+            commit = pick.parent
+        else:
+            taken.update(pick.commit for pick in chain)
+            chains[other] = chain[::-1]
+    return chains
 
 
 def _attached(clone: Clone, picks: list[Pick], memo: Memo) -> bool:
@@ -146,12 +211,15 @@ def _attached(clone: Clone, picks: list[Pick], memo: Memo) -> bool:
     return all(memo.attributes.get(path) == DRIVER_NAME for path in paths)
 
 
-def _signing(clone: Clone, memo: Memo) -> bool:
-    # git rebase signs the commits it writes when commit.gpgSign is on; commit-tree never does.
-    if memo.signing is None:
-        said = clone.git("config", "--type=bool", "--get", "commit.gpgSign", check=False)
-        memo.signing = said.stdout.strip() == b"true"
-    return memo.signing
+def _writes_otherwise(clone: Clone, memo: Memo) -> bool:
+    """Whether git rebase would write its commits otherwise than `_write_commits` does."""
+    if memo.otherwise is None:
+        # Signed (commit.gpgSign), or with an encoding header (i18n.commitEncoding).
+        signing = clone.git("config", "--type=bool", "--get", "commit.gpgSign", check=False)
+        encoding = clone.git("config", "--get", "i18n.commitEncoding", check=False)
+        named = encoding.stdout.strip().lower()
+        memo.otherwise = signing.stdout.strip() == b"true" or named not in (b"", b"utf-8", b"utf8")
+    return memo.otherwise
 
 
 def _skip_kept(onto: str, picks: list[Pick]) -> tuple[str, list[Pick]]:
@@ -176,14 +244,15 @@ class _Objects:
     """Everything the replay reads, in one ``git cat-file --batch``."""
 
     def __init__(
-        self, clone: Clone, head: str, onto: str, base: str, *, paths: list[str],
+        self, clone: Clone, heads: Sequence[str], onto: str, base: str, *, paths: list[str],
         rewrite: list[Pick],
     ) -> None:  # fmt: skip
-        self.head, self.onto = head, onto
+        """``heads``: the local head first, then the other machines' (attributes only)."""
+        self.onto = onto
         self.folders = sorted({_folder(path) for path in paths})
-        names = [f"{rev}:{path}" for rev in dict.fromkeys((head, onto, base)) for path in paths]
+        names = [f"{rev}:{path}" for rev in dict.fromkeys((onto, base)) for path in paths]
         names += [f"{rev}:{folder}{'/' if folder else ''}.gitattributes"
-                  for rev in (head, onto) for folder in _ancestors(self.folders)]  # fmt: skip
+                  for rev in (*heads, onto) for folder in _ancestors(self.folders)]  # fmt: skip
         names += [f"{rev}:{folder}" for rev in (base, *(pick.parent for pick in rewrite))
                   for folder in self.folders]  # fmt: skip
         names += [pick.commit for pick in rewrite]
@@ -206,11 +275,11 @@ class _Objects:
         assert found is not None  # named by the commit that holds it
         return found.data
 
-    def same_attributes(self) -> bool:
+    def same_attributes(self, head: str) -> bool:
         # During a rebase git reads .gitattributes from the upstream's tree;
         # check-attr read this work tree's. Replay only where they agree.
         return all(
-            _oid(self.found[f"{self.head}:{name}"]) == _oid(self.found[f"{self.onto}:{name}"])
+            _oid(self.found[f"{head}:{name}"]) == _oid(self.found[f"{self.onto}:{name}"])
             for folder in _ancestors(self.folders)
             for name in [f"{folder}{'/' if folder else ''}.gitattributes"]
         )
@@ -319,11 +388,16 @@ def _merge_file(clone: Clone, path: str, base: bytes, ours: bytes, theirs: bytes
 
 def _write_blobs(clone: Clone, contents: list[bytes]) -> dict[bytes, str]:
     """Store the merge results, all in one git process; the id of each."""
+    return dict(zip(contents, _write_objects(clone, "blob", contents), strict=True))
+
+
+def _write_objects(clone: Clone, kind: str, contents: list[bytes]) -> list[str]:
+    """Store objects of one kind, all in one git process; the id of each."""
     if not contents:
-        return {}
+        return []
     if len(contents) == 1:
-        written = clone.git("hash-object", "-w", "--stdin", stdin=contents[0]).stdout
-        return {contents[0]: written.decode().strip()}
+        written = clone.git("hash-object", "-t", kind, "-w", "--stdin", stdin=contents[0]).stdout
+        return [written.decode().strip()]
     with tempfile.TemporaryDirectory(prefix=f"{PROGRAM}-sync.", dir=clone.git_dir) as folder:
         names = []
         for number, data in enumerate(contents):
@@ -331,15 +405,22 @@ def _write_blobs(clone: Clone, contents: list[bytes]) -> dict[bytes, str]:
             name.write_bytes(data)
             names.append(str(name))
         feed = "".join(f"{name}\n" for name in names).encode()
-        written = clone.git("hash-object", "-w", "--no-filters", "--stdin-paths", stdin=feed).stdout
-    return dict(zip(contents, written.decode().split(), strict=True))
+        written = clone.git("hash-object", "-t", kind, "-w", "--no-filters", "--stdin-paths",
+                            stdin=feed).stdout  # fmt: skip
+    return written.decode().split()
 
 
 def _write_commits(
     clone: Clone, base: str, rewrite: list[Pick], steps: list[_Step], *,
     ids: Mapping[bytes, str], objects: _Objects,
 ) -> str:  # fmt: skip
-    """A tree and a commit for each pick that still changes something; the last commit."""
+    """A tree and a commit for each pick that still changes something; the last commit.
+
+    The commits are what ``git commit-tree`` would write (the original
+    author line and message, this clone's committer and the time now), but
+    all in one git process: each commit's id, needed as the next one's
+    parent, is computed here and checked against what git stored.
+    """
     changes = [{path: (mode, found.oid or ids[found.data or b""])
                 for path, (mode, found) in step.items()} for step in steps]  # fmt: skip
     root = objects.found.get(f"{base}:")
@@ -348,13 +429,25 @@ def _write_commits(
         trees = _trees_by_mktree(clone, _entries(root), changes)
     else:
         trees = _trees_by_index(clone, base, changes)
+    if not any(trees):
+        return base  # every change is already upstream: git rebase drops every commit
+    committer = clone.git("var", "GIT_COMMITTER_IDENT").stdout.rstrip(b"\n")
+    digest = hashlib.sha1 if len(base) == 40 else hashlib.sha256  # SHA-1 or SHA-256 ids
+    bodies, expected = [], []
     parent = base
     for pick, tree in zip(rewrite, trees, strict=True):
         if tree is None:
             continue  # the change is already upstream: git rebase drops the commit
         author, message = _authorship(objects.commit(pick.commit).data)
-        made = clone.git("commit-tree", tree, "-p", parent, stdin=message, env=author)
-        parent = made.stdout.decode().strip()
+        body = b"tree %s\nparent %s\n%s\ncommitter %s\n\n%s" % (
+            tree.encode(), parent.encode(), author, committer, message
+        )  # fmt: skip
+        parent = digest(b"commit %d\0%s" % (len(body), body), usedforsecurity=False).hexdigest()
+        bodies.append(body)
+        expected.append(parent)
+    written = _write_objects(clone, "commit", bodies)
+    if written != expected:  # pragma: no cover  # git and this module disagree on an id
+        raise GitError(f"git stored the replayed commits as {written}, not {expected}")
     return parent
 
 
@@ -403,14 +496,10 @@ def _trees_by_index(clone: Clone, base: str, changes: list[_Changes]) -> list[st
     return trees
 
 
-def _authorship(raw: bytes) -> tuple[dict[str, str], bytes]:
-    """The author of a raw commit object, as git's environment, and its message."""
+def _authorship(raw: bytes) -> tuple[bytes, bytes]:
+    """The author line of a raw commit object, and its message."""
     header, _, message = raw.partition(b"\n\n")
     for line in header.split(b"\n"):
-        found = _AUTHOR.fullmatch(line)
-        if found:
-            name, email, date = (found[key].decode("utf-8", "surrogateescape")
-                                 for key in ("name", "email", "date"))  # fmt: skip
-            return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
-                    "GIT_AUTHOR_DATE": f"@{date}"}, message  # fmt: skip
+        if _AUTHOR.fullmatch(line):
+            return line, message
     raise AssertionError("checked by _Objects.fits")  # pragma: no cover

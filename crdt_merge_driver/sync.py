@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
@@ -39,12 +39,13 @@ from crdt_merge_driver.clone import (
     find_url,
     say,
 )
-from crdt_merge_driver.errors import GaveUpError, GitError
+from crdt_merge_driver.errors import GaveUpError, GitError, RefusedError
 from crdt_merge_driver.guard import check_files, check_push
 from crdt_merge_driver.lock import LOCK, lock
+from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
 from crdt_merge_driver.replay import Memo, Replayed, replay
-from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify
+from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify, first_line
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
 __all__ = [
@@ -88,6 +89,13 @@ WAIT_LOAD_MAX = 8.0
 # that long (uniform, at most WAIT_LOAD_MAX), so the first round is already
 # spread. A lone writer, even on a slow machine, does not wait.
 WAIT_CROWD = 6.0
+# The same, for a sync that waits in the queue (pending.py) meanwhile: it only
+# has to stay out of the way of whoever lands first, which carries it too.
+WAIT_CROWD_QUEUED = 2.0
+# While the queue's first lands the waiting commits, a sync that waits for it
+# looks again after about WAIT_QUEUE_EACH seconds per commit waiting (50-100%):
+# each look is a fetch, and many at once would slow the one push that matters.
+WAIT_QUEUE_EACH = 0.05
 WAIT_CROWD_FROM = 0.1
 _MIN_NETWORK_TIMEOUT = 1.0
 
@@ -113,6 +121,19 @@ class _StopAtDeadline(tenacity.stop.stop_base):
         # tenacity >= 8.3 computes the wait before asking stop; older ones do not.
         upcoming = float(getattr(retry_state, "upcoming_sleep", 0.0))
         return self.clock() + upcoming >= self.at
+
+
+class _WaitForQueue(tenacity.wait.wait_base):
+    """While the queue's first lands everyone: ``each`` seconds per waiting commit, 50-100%."""
+
+    def __init__(self, each: float, most: float) -> None:
+        self.each = each
+        self.most = most
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        failure = retry_state.outcome.exception() if retry_state.outcome else None
+        queued = failure.queued if isinstance(failure, Transient) else 0
+        return min(self.most, self.each * queued) * random.uniform(0.5, 1.0)  # noqa: S311
 
 
 class _WaitForLoad(tenacity.wait.wait_base):
@@ -146,7 +167,8 @@ def retrying(
         wait=tenacity.wait_random_exponential(
             multiplier=WAIT_FIRST, max=WAIT_MAX, exp_base=WAIT_GROWTH
         )
-        + _WaitForLoad(WAIT_LOAD, WAIT_LOAD_MAX),
+        + _WaitForLoad(WAIT_LOAD, WAIT_LOAD_MAX)
+        + _WaitForQueue(WAIT_QUEUE_EACH, WAIT_LOAD_MAX),
         sleep=sleep,
         before_sleep=report,
         reraise=True,
@@ -263,9 +285,15 @@ def push_until_landed(
         return max(started + deadline - clock(), _MIN_NETWORK_TIMEOUT)
 
     policy = retrying(attempts=attempts, deadline=deadline, sleep=sleep, log=log, clock=clock)
-    memo = Memo()
+    memo, queue = Memo(), Queue(clone)
     if crowd > WAIT_CROWD_FROM:
-        first = random.uniform(0, min(WAIT_LOAD_MAX, deadline / 2, WAIT_CROWD * crowd))  # noqa: S311
+        # Many writers at once: most would lose the first round. Wait in the queue
+        # from the start, so that whoever lands first carries these commits too.
+        head, known = _revisions(clone, "HEAD", clone.tracking)
+        if head is not None and head != known:
+            _join(clone, queue, head, timeout=remaining(), log=log)
+        spread = (WAIT_CROWD_QUEUED if queue.mine else WAIT_CROWD) * crowd
+        first = random.uniform(0, min(WAIT_LOAD_MAX, deadline / 2, spread))  # noqa: S311
         say(log, f"this machine is busy (sync waited {crowd:.2f}s for a CPU so far): "
                  f"first try in {first:.2f}s")  # fmt: skip
         sleep(first)
@@ -277,10 +305,12 @@ def push_until_landed(
                 try:
                     pushed = attempt_once(
                         clone, number, remaining, allow_mass_delete=allow_mass_delete, log=log,
-                        memo=memo,
+                        memo=memo, queue=queue,
                     )  # fmt: skip
                 except Transient as failure:
-                    failure.took = clock() - began
+                    # Waiting in the queue, the next push lands these commits: no need
+                    # to make way for the others in proportion to the load.
+                    failure.took = 0.0 if queue.mine else clock() - began
                     raise
     except Transient as last:
         say(log, f"sync attempt {number}: {last.reason}; giving up")
@@ -299,44 +329,101 @@ def push_until_landed(
 
 def attempt_once(
     clone: Clone, number: int, timeout: Callable[[], float], *, allow_mass_delete: bool,
-    log: TextIO, memo: Memo,
+    log: TextIO, memo: Memo, queue: Queue,
 ) -> str | None:  # fmt: skip
     """Fetch, replay or rebase, check, push once; the commit pushed, or None if nothing to."""
-    fetched = fetch(clone, timeout())
+    fetched = fetch(clone, timeout(), queue)
     head, remote_tip = _revisions(clone, "HEAD", clone.tracking if fetched else None)
     if head is None:
         return None  # an unborn branch with nothing committed
+    waiting = queue.waiting() if fetched else {}
+    if remote_tip and queue.carried_by_another(waiting, head):
+        checkout.follow(clone, head, remote_tip, log)
+        say(log, f"sync attempt {number}: another machine's push landed {head[:10]} "
+                 f"(waiting in {queue.mine}) on {clone.where}")  # fmt: skip
+        return remote_tip
+    leader = queue.leader(waiting)
+    if leader is not None and remote_tip != head:
+        raise Transient(f"waiting for {leader.removeprefix(queue.remote_prefix)}, first in the "
+                        f"queue of {len(waiting)}, to land it", queued=len(waiting))  # fmt: skip
+    mine = {ref: commit for ref, commit in waiting.items() if ref == queue.mine}
+    others = {ref: commit for ref, commit in waiting.items() if ref != queue.mine}
     if remote_tip is not None and head != remote_tip:
-        replayed = replay(clone, head, remote_tip, memo)
+        replayed = _replay(clone, head, remote_tip, memo=memo, others=others, log=log)
         if replayed is not None:
-            return _land_replayed(
-                clone, replayed, head=head, remote_tip=remote_tip, number=number,
-                timeout=timeout, allow_mass_delete=allow_mass_delete, log=log,
-            )  # fmt: skip
+            if replayed.head != remote_tip:
+                check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
+                carried = {ref: commit for ref, commit in others.items()
+                           if commit in replayed.carried}  # fmt: skip
+                _push(clone, queue, replayed.head, {**mine, **carried}, timeout=timeout, log=log,
+                      join=head)
+            checkout.follow(clone, head, replayed.head, log)
+            if replayed.head == remote_tip:
+                return None  # every local change was upstream already
+            count = len(replayed.carried)
+            carrying = f", carrying {count} other machines' waiting commits" if count else ""
+            say(log, f"sync attempt {number}: pushed {replayed.head[:10]} to {clone.where}"
+                     f"{carrying}")  # fmt: skip
+            return replayed.head
         rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
         memo.forget()
         head = _revision(clone, "HEAD") or head
     if head == remote_tip:
         return None
     check_push(clone, remote_tip, head, allow_mass_delete=allow_mass_delete)
-    push(clone, head, timeout())
+    _push(clone, queue, head, mine, timeout=timeout, log=log)
     say(log, f"sync attempt {number}: pushed {head[:10]} to {clone.where}")
     return head
 
 
-def _land_replayed(
-    clone: Clone, replayed: Replayed, *, head: str, remote_tip: str, number: int,
-    timeout: Callable[[], float], allow_mass_delete: bool, log: TextIO,
-) -> str | None:  # fmt: skip
-    """Check and push the replayed commits, then bring HEAD there; HEAD stays if the push fails."""
-    if replayed.head != remote_tip:
-        check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
-        push(clone, replayed.head, timeout())
-    checkout.follow(clone, head, replayed.head, log)
-    if replayed.head == remote_tip:
-        return None  # every local change was upstream already
-    say(log, f"sync attempt {number}: pushed {replayed.head[:10]} to {clone.where}")
-    return replayed.head
+def _replay(
+    clone: Clone, head: str, remote_tip: str, *, memo: Memo, others: dict[str, str], log: TextIO
+) -> Replayed | None:
+    """The local commits replayed, with every waiting commit that passes the push's checks."""
+    replayed = replay(clone, head, remote_tip, memo, list(dict.fromkeys(others.values())))
+    if replayed is None or not replayed.carried:
+        return replayed
+    try:  # another machine's --allow-mass-delete is not this one's to give
+        check_files(clone, replayed.files, allow_mass_delete=False)
+    except RefusedError as refusal:
+        say(log, f"not carrying the other machines' waiting commits ({refusal}): landing alone")
+        return replay(clone, head, remote_tip, memo)
+    return replayed
+
+
+def _push(
+    clone: Clone, queue: Queue, head: str, carried: dict[str, str], *,
+    timeout: Callable[[], float], log: TextIO, join: str | None = None,
+) -> None:  # fmt: skip
+    """`push`; when it loses the race, ``join`` (the local commits) waits in the queue."""
+    try:
+        push(clone, head, timeout(), carried)
+    except Transient:
+        if join is not None:
+            _join(clone, queue, join, timeout=timeout(), log=log)
+        raise
+    except GitError as refusal:
+        if not carried:
+            raise
+        # Most likely a remote without atomic pushes: the queue cannot work there.
+        queue.off = f"the remote refused an atomic push ({first_line(str(refusal))})"
+        raise Transient(f"{queue.off}; landing alone from now on") from None
+
+
+def _join(clone: Clone, queue: Queue, head: str, *, timeout: float, log: TextIO) -> None:
+    """Wait in the queue, so that whoever lands next carries these commits too."""
+    if queue.mine is not None or queue.off:
+        return
+    name = queue.new_name()
+    result = _network(clone, "push", "--quiet", clone.remote, f"{head}:{name}", timeout=timeout)
+    if result.returncode == 0:
+        queue.joined(name, head)
+        say(log, f"{head[:10]} waits in {name} for the next push to carry it")
+        return
+    verdict = classify(result.stderr)
+    if not verdict.retry:
+        queue.off = f"the remote refused {name} ({verdict.reason})"
+        say(log, f"{queue.off}: landing alone from now on")
 
 
 def _revision(clone: Clone, name: str) -> str | None:
@@ -366,8 +453,8 @@ def _network(clone: Clone, *args: str, timeout: float) -> git.Result:
         raise
 
 
-def fetch(clone: Clone, timeout: float) -> bool:
-    """Fetch the one branch into its remote-tracking ref; False if the remote has none yet."""
+def fetch(clone: Clone, timeout: float, queue: Queue | None = None) -> bool:
+    """Fetch the one branch (and its queue) into local refs; False if the remote has no branch."""
     # A shallow clone may lack the merge base the rebase needs: fetch all of
     # the branch's history, once (the shallow file goes with it).
     shallow = (clone.common_dir / "shallow").exists()
@@ -375,8 +462,11 @@ def fetch(clone: Clone, timeout: float) -> bool:
     # every attempt): sync's own commit, like any git commit, still runs it.
     args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance",
             *(["--unshallow"] if shallow else [])]  # fmt: skip
-    refspec = f"+refs/heads/{clone.branch}:{clone.tracking}"
-    result = _network(clone, *args, clone.remote, refspec, timeout=timeout)
+    refspecs = [f"+refs/heads/{clone.branch}:{clone.tracking}"]
+    refspecs += queue.refspecs() if queue else []
+    if len(refspecs) > 1:
+        args.append("--prune")  # a waiting ref that is gone has landed
+    result = _network(clone, *args, clone.remote, *refspecs, timeout=timeout)
     if result.returncode != 0:
         if MISSING_BRANCH.search(result.stderr):
             return False
@@ -390,10 +480,17 @@ def fetch(clone: Clone, timeout: float) -> bool:
     return True
 
 
-def push(clone: Clone, head: str, timeout: float) -> None:
+def push(clone: Clone, head: str, timeout: float, carried: Mapping[str, str] | None = None) -> None:
+    """Push ``head`` to the branch; with ``carried``, delete those waiting refs in the same push.
+
+    Each deletion is leased on the commit that was carried, and the push is
+    atomic: the branch moves and the refs go together, or nothing happens.
+    """
+    leases = [f"--force-with-lease={ref}:{commit}" for ref, commit in (carried or {}).items()]
+    deletions = [f":{ref}" for ref in carried or {}]
     result = _network(
-        clone, "push", "--quiet", clone.remote, f"{head}:refs/heads/{clone.branch}",
-        timeout=timeout,
+        clone, "push", "--quiet", *(["--atomic", *leases] if carried else []), clone.remote,
+        f"{head}:refs/heads/{clone.branch}", *deletions, timeout=timeout,
     )  # fmt: skip
     if result.returncode == 0:
         return

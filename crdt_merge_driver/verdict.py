@@ -26,9 +26,10 @@ class Transient(Exception):
     # Not an error a user sees: the signal to try again, caught by the retry policy.
     """A failure that a later attempt can get past (the remote moved on, a dropped link)."""
 
-    def __init__(self, reason: str, *, took: float = 0.0) -> None:
+    def __init__(self, reason: str, *, took: float = 0.0, queued: int = 0) -> None:
         self.reason = reason
         self.took = took  # seconds the failed attempt took; the loop fills it in
+        self.queued = queued  # commits the queue's first is landing, when waiting for it
         super().__init__(reason)
 
 

@@ -36,6 +36,7 @@ from crdt_merge_driver import replay as replay_module
 from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver import verdict as verdict_module
 from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
+from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.sync import (
     LOCK,
     REBASE_MARK,
@@ -353,9 +354,9 @@ def test_a_rejected_push_is_retried_after_a_wait(
     fetch = sync_module.fetch
     calls: list[bool] = []
 
-    def fetch_then_race(clone: clone_module.Clone, timeout: float) -> bool:
+    def fetch_then_race(clone: clone_module.Clone, timeout: float, queue: Queue) -> bool:
         # Another machine lands a commit between our fetch and our push, once.
-        fetched = fetch(clone, timeout)
+        fetched = fetch(clone, timeout, queue)
         if not calls:
             calls.append(fetched)
             (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
@@ -1514,11 +1515,13 @@ def test_an_attempt_that_loses_the_race_leaves_head_where_it_was(
     push = sync_module.push
     at_push: list[str] = []
 
-    def lose_once(clone: clone_module.Clone, head: str, timeout: float) -> None:
+    def lose_once(
+        clone: clone_module.Clone, head: str, timeout: float, carried: dict[str, str]
+    ) -> None:
         at_push.append(gitrepo.head(server))
         if len(at_push) == 1:
             raise Transient("push failed: rejected: the remote moved on")
-        push(clone, head, timeout)
+        push(clone, head, timeout, carried)
 
     monkeypatch.setattr(sync_module, "push", lose_once)
     result, _, _ = run(server)

@@ -1,0 +1,98 @@
+"""The queue on the remote: commits that lost a race wait there, and the next push lands them all.
+
+Pushes to one branch land one at a time, and a few hundred milliseconds
+each on a busy machine: 64 writers, one after another, take longer than
+any of them should wait. So a sync whose push lost the race pushes its
+local commits to a ref of its own on the remote, which no other writer
+touches and so is never rejected:
+
+    refs/crdt-merge-driver/pending/<branch>/<host>.<pid>.<random>
+
+Every sync fetches these refs with the branch (into ``refs/crdt-merge-
+driver/seen/<remote>/<branch>/``), replays the waiting commits after its own
+(replay.py), and pushes the branch and the deletion of each ref it carried
+in one ``git push --atomic``, each deletion leased on the commit it carried.
+So a ref disappears only in the same push that lands its commits (git's
+files backend writes the branch before it deletes), and a writer that finds
+its ref gone has landed. Branch and remote names are escaped (``%`` and
+``/``) so that one branch's refs never match another's pattern.
+
+A remote that refuses these refs (a hook, a host that allows only
+branches) turns the queue off for the rest of the sync: each writer then
+lands on its own, as before. docs/sync.md, "The queue", gives the reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import time
+
+from crdt_merge_driver.clone import Clone
+
+NAMESPACE = "refs/crdt-merge-driver/pending"
+# How long a waiting sync leaves the landing to the queue's first (`Queue.leader`).
+PATIENCE = 8.0
+_SEEN = "refs/crdt-merge-driver/seen"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class Queue:
+    """This sync's place in the queue of one remote branch."""
+
+    def __init__(self, clone: Clone) -> None:
+        self.clone = clone
+        self.remote_prefix = f"{NAMESPACE}/{_escape(clone.branch)}/"
+        self.seen_prefix = f"{_SEEN}/{_escape(clone.remote)}/{_escape(clone.branch)}/"
+        self.mine: str | None = None  # the ref this sync's commits wait in, once pushed
+        self.commit: str | None = None  # the commit it holds
+        self.off: str | None = None  # why the queue is off (the remote refused it)
+        self.since = 0.0  # when it joined the queue (time.monotonic)
+
+    def refspecs(self) -> list[str]:
+        """What `fetch` adds to the branch's refspec: every waiting ref, pruned when gone."""
+        return [] if self.off else [f"+{self.remote_prefix}*:{self.seen_prefix}*"]
+
+    def new_name(self) -> str:
+        host = _UNSAFE.sub("-", socket.gethostname()).strip("-") or "host"
+        return f"{self.remote_prefix}{host}.{os.getpid()}.{secrets.token_hex(4)}"
+
+    def joined(self, name: str, commit: str) -> None:
+        self.mine, self.commit = name, commit
+        self.since = time.monotonic()
+
+    def leader(self, waiting: dict[str, str]) -> str | None:
+        """The waiting ref whose sync should land the queue, if not this one's; None: land.
+
+        Every waiting sync replaying and pushing everyone's commits at once
+        would only burn the CPU the one push that wins needs. So the sync
+        whose ref sorts first lands; the others look again later, and land
+        themselves once they have waited PATIENCE seconds (a leader killed
+        mid-sync leaves its ref behind).
+        """
+        if self.mine not in waiting or time.monotonic() - self.since > PATIENCE:
+            return None
+        first = min(waiting)
+        return None if first == self.mine else first
+
+    def waiting(self) -> dict[str, str]:
+        """The refs waiting on the remote, as of the last fetch: remote ref name -> commit."""
+        if self.off:
+            return {}
+        listed = self.clone.git("for-each-ref", "--format=%(objectname) %(refname)",
+                                self.seen_prefix).stdout.decode()  # fmt: skip
+        refs = {}
+        for line in listed.splitlines():
+            commit, _, seen = line.partition(" ")
+            refs[self.remote_prefix + seen.removeprefix(self.seen_prefix)] = commit
+        return refs
+
+    def carried_by_another(self, waiting: dict[str, str], head: str) -> bool:
+        """Whether another machine's push landed this sync's commits (its ref is gone)."""
+        return self.mine is not None and self.mine not in waiting and head == self.commit
+
+
+def _escape(name: str) -> str:
+    return name.replace("%", "%25").replace("/", "%2F")
