@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import socket
-import time
 
 from crdt_merge_driver.clone import Clone
 
@@ -49,7 +48,7 @@ class Queue:
         self.mine: str | None = None  # the ref this sync's commits wait in, once pushed
         self.commit: str | None = None  # the commit it holds
         self.off: str | None = None  # why the queue is off (the remote refused it)
-        self.since = 0.0  # when it joined the queue (time.monotonic)
+        self.waited = 0.0  # seconds this sync has waited since it joined (the loop adds)
 
     def refspecs(self) -> list[str]:
         """What `fetch` adds to the branch's refspec: every waiting ref, pruned when gone."""
@@ -61,7 +60,7 @@ class Queue:
 
     def joined(self, name: str, commit: str) -> None:
         self.mine, self.commit = name, commit
-        self.since = time.monotonic()
+        self.waited = 0.0
 
     def leader(self, waiting: dict[str, str]) -> str | None:
         """The waiting ref whose sync should land the queue, if not this one's; None: land.
@@ -70,9 +69,10 @@ class Queue:
         would only burn the CPU the one push that wins needs. So the sync
         whose ref sorts first lands; the others look again later, and land
         themselves once they have waited PATIENCE seconds (a leader killed
-        mid-sync leaves its ref behind).
+        mid-sync leaves its ref behind). Seconds waited, not seconds passed:
+        the retry policy's own measure, which a caller's ``sleep`` controls.
         """
-        if self.mine not in waiting or time.monotonic() - self.since > PATIENCE:
+        if self.mine not in waiting or self.waited > PATIENCE:
             return None
         first = min(waiting)
         return None if first == self.mine else first
@@ -83,11 +83,23 @@ class Queue:
             return {}
         listed = self.clone.git("for-each-ref", "--format=%(objectname) %(refname)",
                                 self.seen_prefix).stdout.decode()  # fmt: skip
+        return self._named(listed)
+
+    def _named(self, listed: str) -> dict[str, str]:
+        # for-each-ref's lines, "<commit> <local ref>": the remote's ref name -> commit
         refs = {}
         for line in listed.splitlines():
             commit, _, seen = line.partition(" ")
             refs[self.remote_prefix + seen.removeprefix(self.seen_prefix)] = commit
         return refs
+
+    def contained(self, head: str) -> dict[str, str]:
+        """The waiting refs whose commits ``head`` holds: this clone's, left by a killed sync."""
+        if self.off:
+            return {}
+        listed = self.clone.git("for-each-ref", "--format=%(objectname) %(refname)",
+                                f"--merged={head}", self.seen_prefix).stdout.decode()  # fmt: skip
+        return self._named(listed)
 
     def carried_by_another(self, waiting: dict[str, str], head: str) -> bool:
         """Whether another machine's push landed this sync's commits (its ref is gone)."""

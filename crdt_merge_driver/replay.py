@@ -139,6 +139,16 @@ def replay(
     return Replayed(new_head, files, tuple(carried))
 
 
+def replayable(clone: Clone, head: str, onto: str, memo: Memo) -> bool:
+    """Whether `replay` can likely land the local commits on ``onto``: a first look, no objects."""
+    if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
+        return False
+    picks = _picks(clone, onto, head)
+    if picks is None or _writes_otherwise(clone, memo):
+        return False
+    return _attached(clone, picks, memo)
+
+
 def _picks(clone: Clone, onto: str, head: str) -> list[Pick] | None:
     picks = _parse(clone.git(*_LOG, f"{onto}...{head}").stdout)
     if picks is None or not picks or not all(pick.changes for pick in picks):

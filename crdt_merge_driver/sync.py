@@ -44,8 +44,8 @@ from crdt_merge_driver.guard import check_files, check_push
 from crdt_merge_driver.lock import LOCK, lock
 from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
-from crdt_merge_driver.replay import Memo, Replayed, replay
-from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify, first_line
+from crdt_merge_driver.replay import Memo, Replayed, replay, replayable
+from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
 __all__ = [
@@ -284,19 +284,25 @@ def push_until_landed(
     def remaining() -> float:
         return max(started + deadline - clock(), _MIN_NETWORK_TIMEOUT)
 
-    policy = retrying(attempts=attempts, deadline=deadline, sleep=sleep, log=log, clock=clock)
     memo, queue = Memo(), Queue(clone)
+
+    def pause(seconds: float) -> None:
+        if queue.mine:
+            queue.waited += seconds
+        sleep(seconds)
+
+    policy = retrying(attempts=attempts, deadline=deadline, sleep=pause, log=log, clock=clock)
     if crowd > WAIT_CROWD_FROM:
         # Many writers at once: most would lose the first round. Wait in the queue
         # from the start, so that whoever lands first carries these commits too.
         head, known = _revisions(clone, "HEAD", clone.tracking)
-        if head is not None and head != known:
+        if head and known and head != known and replayable(clone, head, known, memo):
             _join(clone, queue, head, timeout=remaining(), log=log)
         spread = (WAIT_CROWD_QUEUED if queue.mine else WAIT_CROWD) * crowd
         first = random.uniform(0, min(WAIT_LOAD_MAX, deadline / 2, spread))  # noqa: S311
         say(log, f"this machine is busy (sync waited {crowd:.2f}s for a CPU so far): "
                  f"first try in {first:.2f}s")  # fmt: skip
-        sleep(first)
+        pause(first)
     try:
         for attempt in policy:
             with attempt:
@@ -365,6 +371,7 @@ def attempt_once(
             say(log, f"sync attempt {number}: pushed {replayed.head[:10]} to {clone.where}"
                      f"{carrying}")  # fmt: skip
             return replayed.head
+        mine.update(queue.contained(head) if waiting else {})  # a killed sync's, say
         rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
         memo.forget()
         head = _revision(clone, "HEAD") or head
@@ -406,8 +413,12 @@ def _push(
         if not carried:
             raise
         # Most likely a remote without atomic pushes: the queue cannot work there.
-        queue.off = f"the remote refused an atomic push ({first_line(str(refusal))})"
+        queue.off = f"the remote refused a push that empties the queue: {_reason(refusal)}"
         raise Transient(f"{queue.off}; landing alone from now on") from None
+
+
+def _reason(error: GitError) -> str:
+    return classify(error.stderr).reason if error.stderr else str(error)
 
 
 def _join(clone: Clone, queue: Queue, head: str, *, timeout: float, log: TextIO) -> None:
@@ -421,7 +432,9 @@ def _join(clone: Clone, queue: Queue, head: str, *, timeout: float, log: TextIO)
         say(log, f"{head[:10]} waits in {name} for the next push to carry it")
         return
     verdict = classify(result.stderr)
-    if not verdict.retry:
+    if verdict.retry:
+        say(log, f"{head[:10]} could not wait in the queue this time: {verdict.reason}")
+    else:
         queue.off = f"the remote refused {name} ({verdict.reason})"
         say(log, f"{queue.off}: landing alone from now on")
 

@@ -46,6 +46,7 @@ _RULES: tuple[tuple[bool, re.Pattern[str], str], ...] = tuple(
                 r"|Repository not found|no such repository|access denied", "no such repository"),
         (False, r"Could not resolve (host|hostname)|unable to look up|Name or service not known",
                 "unknown host"),
+        (False, r"does not support --atomic push", "the remote does not take atomic pushes"),
         (True, r"\((fetch first|non-fast-forward|stale info)\)",
                "rejected: the remote moved on (another machine pushed first)"),
         (True, r"cannot lock ref|failed to update ref|incorrect old value"

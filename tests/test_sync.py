@@ -290,6 +290,8 @@ def test_permanent_failures_are_fatal(name: str) -> None:
         ("fatal-fetch-not-a-repository", "no such repository"),
         ("fatal-fetch-http-not-found", "no such repository"),
         ("fatal-push-pre-receive-declined", "refused the push: main is protected"),
+        ("fatal-push-no-atomic", "does not take atomic pushes"),
+        ("retry-push-queue-stale-info", "the remote moved on"),
     ],
 )
 def test_each_verdict_says_why(name: str, reason: str) -> None:

@@ -1,0 +1,331 @@
+"""The queue on the remote (pending.py): commits that lost a race wait there, one push lands all.
+
+Real git against real bare remotes throughout. A commit "waits in the
+queue" exactly as a sync leaves it: pushed by hand to
+``refs/crdt-merge-driver/pending/main/<name>``. Where a test needs a sync to
+lose a race, its push is made to fail once; where it needs another machine
+to act while a sync waits, the injected ``sleep`` does it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from crdt_merge_driver import pending as pending_module
+from crdt_merge_driver import sync as sync_module
+from crdt_merge_driver.clone import Clone
+from crdt_merge_driver.pending import NAMESPACE, Queue
+from crdt_merge_driver.sync import SyncResult, Transient, sync
+from tests import gitrepo
+from tests.test_sync import SEED, memory, names_on, origin, pair, remote_file
+
+__all__ = ["origin", "pair"]  # fixtures, used by name
+QUEUE = f"{NAMESPACE}/main/"
+
+
+@pytest.fixture(autouse=True)
+def no_crowd_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A loaded test machine must not make a sync join the queue before its first try.
+    monkeypatch.setattr(sync_module, "WAIT_CROWD_FROM", math.inf)
+
+
+def waiting_refs(remote: Path) -> dict[str, str]:
+    listed = gitrepo.git(remote, "for-each-ref", "--format=%(refname) %(objectname)", NAMESPACE)
+    return dict(line.split(" ") for line in listed.splitlines())
+
+
+def queue_commit(machine: Path, name: str, *entities: str, data: bytes | None = None) -> str:
+    """Commit on ``machine`` and leave it waiting in the queue, as a sync that lost a race does."""
+    commit = gitrepo.commit_file(machine, "memory.jsonl", data or memory(*SEED, *entities),
+                                 f"memory from {name}")  # fmt: skip
+    gitrepo.git(machine, "push", "--quiet", "origin", f"HEAD:{QUEUE}{name}")
+    return commit
+
+
+def run(
+    machine: Path, sleep: Callable[[float], None] | None = None, **options: object
+) -> tuple[SyncResult, str, list[float]]:
+    log = io.StringIO()
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        if sleep is not None:
+            sleep(seconds)
+
+    result = sync(repo=machine, sleep=wait, log=log, **options)  # type: ignore[arg-type]
+    return result, log.getvalue(), waits
+
+
+def lose_first_push(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next sync's first push to the branch is rejected, as if another machine won."""
+    push = sync_module.push
+    lost: list[str] = []
+
+    def lose_once(clone: Clone, head: str, timeout: float, carried: dict[str, str]) -> None:
+        if not lost:
+            lost.append(head)
+            raise Transient("push failed: rejected: the remote moved on")
+        push(clone, head, timeout, carried)
+
+    monkeypatch.setattr(sync_module, "push", lose_once)
+
+
+@pytest.fixture
+def third(tmp_path: Path, origin: Path) -> Path:
+    return gitrepo.clone(origin, tmp_path / "runner")
+
+
+# --- carrying ---------------------------------------------------------------------
+
+
+def test_a_sync_carries_every_commit_waiting_in_the_queue(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    laptop, server = pair
+    queue_commit(server, "server.1.aa", "frank")
+    queue_commit(third, "runner.2.bb", "grace")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    result, log, _ = run(laptop)
+    assert result.attempts == 1 and result.commit == gitrepo.head(laptop)
+    assert "carrying 2 other machines' waiting commits" in log
+    assert names_on(origin) == {*SEED, "erin", "frank", "grace"}  # each once: graph() checks
+    assert waiting_refs(origin) == {}  # deleted in the same push that landed them
+    # each carried commit keeps its message and author, as git rebase would
+    messages = gitrepo.git(origin, "log", "--format=%s", "main").splitlines()
+    assert messages[:2] == ["memory from server.1.aa", "memory from runner.2.bb"]  # name order
+
+
+def test_a_sync_whose_commits_were_carried_follows_the_branch(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    carried: list[SyncResult] = []
+
+    def another_machine_lands(_: float) -> None:
+        # While the server waits, the laptop syncs and carries the server's commit.
+        if not carried:
+            (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+            carried.append(sync(repo=laptop, sleep=lambda _: None, log=io.StringIO()))
+
+    result, log, _ = run(server, another_machine_lands)
+    assert "waits in refs/crdt-merge-driver/pending/main/" in log
+    assert "another machine's push landed" in log
+    assert result.attempts == 2 and result.commit == carried[0].commit == gitrepo.head(server)
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert gitrepo.git(server, "status", "--porcelain") == ""
+    assert memory(*SEED) != (server / "memory.jsonl").read_bytes()
+    assert (server / "memory.jsonl").read_bytes() == remote_file(origin)
+    assert waiting_refs(origin) == {}
+
+
+def test_a_sync_that_lands_itself_takes_its_commits_out_of_the_queue(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    result, log, waits = run(server)
+    assert "waits in" in log and result.attempts == 2 and len(waits) == 1
+    assert names_on(origin) == {*SEED, "frank"}
+    assert waiting_refs(origin) == {}
+
+
+def test_commits_a_killed_sync_left_in_the_queue_land_and_its_next_sync_follows(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    laptop, server = pair
+    queue_commit(server, "server.1.aa", "frank")  # and then the sync was killed
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    result, log, _ = run(server)  # the killed machine's next sync
+    assert result.commit is None and "nothing to push" in log
+    assert gitrepo.head(server) == gitrepo.git(origin, "rev-parse", "main").strip()
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+
+
+# --- what is never carried ----------------------------------------------------------
+
+
+def test_a_damaged_waiting_commit_is_left_and_does_not_block_the_others(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    laptop, server = pair
+    damaged = memory(*SEED) + b"\n<<<<<<< ours\n" + memory("frank") + b"\n>>>>>>> theirs\n"
+    bad = queue_commit(server, "server.1.aa", data=damaged)
+    queue_commit(third, "runner.2.bb", "grace")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    result, log, _ = run(laptop)
+    assert result.attempts == 1 and "carrying 1 other machines' waiting commits" in log
+    assert names_on(origin) == {*SEED, "erin", "grace"}
+    assert b"<<<<<<<" not in remote_file(origin)
+    assert waiting_refs(origin) == {f"{QUEUE}server.1.aa": bad}  # for its own sync to refuse
+
+
+def test_a_waiting_mass_delete_is_not_carried(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    # Another machine's --allow-mass-delete is not this machine's to give.
+    laptop, server = pair
+    emptied = queue_commit(server, "server.1.aa", data=memory(SEED[0]))
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    result, log, _ = run(laptop, allow_mass_delete=True)
+    assert "not carrying the other machines' waiting commits (refusing to push" in log
+    assert result.attempts == 1
+    assert names_on(origin) == {*SEED, "erin"}
+    assert waiting_refs(origin) == {f"{QUEUE}server.1.aa": emptied}
+
+
+def test_a_waiting_commit_beyond_replay_is_left_for_its_own_sync(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.write(server, "notes.txt", b"not a memory file\n")
+    gitrepo.write(server, "memory.jsonl", memory(*SEED, "frank"))
+    gitrepo.commit(server, "notes and frank")
+    gitrepo.git(server, "push", "--quiet", "origin", f"HEAD:{QUEUE}server.1.aa")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    _, log, _ = run(laptop)
+    assert "carrying" not in log
+    assert names_on(origin) == {*SEED, "erin"}
+    assert list(waiting_refs(origin)) == [f"{QUEUE}server.1.aa"]
+    # Its own sync lands it (through git rebase) and takes it out of the queue.
+    result, _, _ = run(server)
+    assert result.commit is not None
+    assert names_on(origin) == {*SEED, "erin", "frank"}
+    assert "notes.txt" in gitrepo.git(origin, "ls-tree", "--name-only", "main")
+    assert waiting_refs(origin) == {}
+
+
+def test_a_queue_for_another_branch_is_never_carried(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, server = pair
+    gitrepo.commit_file(server, "memory.jsonl", memory(*SEED, "frank"))
+    other = f"{NAMESPACE}/main%2Fold/server.1.aa"  # the queue of a branch named main/old
+    gitrepo.git(server, "push", "--quiet", "origin", f"HEAD:{other}")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    _, log, _ = run(laptop)
+    assert "carrying" not in log and names_on(origin) == {*SEED, "erin"}
+    assert list(waiting_refs(origin)) == [other]
+
+
+# --- remotes that do not take the queue -------------------------------------------------
+
+
+def test_a_remote_that_refuses_the_queue_refs_still_lands(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = origin / "hooks" / "update"
+    hook.write_text('#!/bin/sh\ncase "$1" in refs/heads/*) exit 0;; esac\n'
+                    'echo "only branches here" >&2\nexit 1\n')  # fmt: skip
+    hook.chmod(0o755)
+    _, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    result, log, _ = run(server)
+    assert "landing alone from now on" in log
+    assert result.attempts == 2 and names_on(origin) == {*SEED, "frank"}
+    assert waiting_refs(origin) == {}
+
+
+def test_a_remote_without_atomic_pushes_turns_the_queue_off(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    gitrepo.git(origin, "config", "receive.advertiseAtomic", "false")
+    laptop, server = pair
+    queue_commit(server, "server.1.aa", "frank")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    result, log, waits = run(laptop)
+    assert "the remote does not take atomic pushes; landing alone from now on" in log
+    assert result.attempts == 2 and len(waits) == 1
+    assert names_on(origin) == {*SEED, "erin"}
+    assert list(waiting_refs(origin)) == [f"{QUEUE}server.1.aa"]
+
+
+# --- who lands ------------------------------------------------------------------------
+
+
+def test_the_first_in_the_queue_lands_and_the_others_wait_for_it(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, server = pair
+    queue_commit(third, "aa.1.first", "grace")  # sorts first: its sync is the one to land
+    monkeypatch.setattr(Queue, "new_name", lambda self: f"{self.remote_prefix}zz.2.later")
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    looks: list[float] = []
+
+    def first_never_comes(seconds: float) -> None:
+        looks.append(seconds)
+        if len(looks) == 3:  # as if PATIENCE seconds had passed
+            monkeypatch.setattr(pending_module, "PATIENCE", -1.0)
+
+    result, log, waits = run(server, first_never_comes)
+    assert log.count("waiting for aa.1.first, first in the queue of 2, to land it") == 2
+    # each look waits at least half of WAIT_QUEUE_EACH per waiting commit
+    assert all(wait >= sync_module.WAIT_QUEUE_EACH for wait in waits[1:3])
+    assert "carrying 1 other machines' waiting commits" in log
+    assert result.attempts == 4
+    assert names_on(origin) == {*SEED, "frank", "grace"}
+    assert waiting_refs(origin) == {}
+
+
+def test_the_leader_is_the_first_waiting_ref_until_patience_runs_out(
+    pair: tuple[Path, Path],
+) -> None:
+    clone = Clone(pair[0], pair[0] / ".git", pair[0] / ".git", {}, "origin", "", "main")
+    queue = Queue(clone)
+    first, mine = f"{QUEUE}a", f"{QUEUE}b"
+    assert queue.leader({first: "1"}) is None  # not in the queue: land
+    queue.joined(mine, "2")
+    assert queue.leader({first: "1", mine: "2"}) == first
+    assert queue.leader({mine: "2"}) is None  # first now
+    assert queue.leader({first: "1"}) is None  # carried already: the caller follows
+    queue.waited = pending_module.PATIENCE + 0.1
+    assert queue.leader({first: "1", mine: "2"}) is None
+
+
+def test_names_are_escaped_so_branches_never_share_a_queue() -> None:
+    clone = Clone(Path(), Path(), Path(), {}, "up/stream", "", "feature/x%y")
+    queue = Queue(clone)
+    assert queue.remote_prefix == f"{NAMESPACE}/feature%2Fx%25y/"
+    assert queue.refspecs() == [
+        f"+{NAMESPACE}/feature%2Fx%25y/*:refs/crdt-merge-driver/seen/up%2Fstream/feature%2Fx%25y/*"
+    ]
+    name = queue.new_name()
+    assert name.startswith(queue.remote_prefix)
+    assert "/" not in name.removeprefix(queue.remote_prefix)
+    queue.off = "refused"
+    assert queue.refspecs() == [] and queue.waiting() == {}
+
+
+def test_carrying_works_in_a_sha256_repository(tmp_path: Path) -> None:
+    # The replay computes each commit's id itself (to chain parents): SHA-256 ids too.
+    remote = tmp_path / "remote.git"
+    gitrepo.git(tmp_path, "init", "--quiet", "--bare", "--object-format=sha256",
+                "--initial-branch=main", str(remote))  # fmt: skip
+    seed = tmp_path / "seed"  # not a clone: git 2.39 clones an empty repository as SHA-1
+    gitrepo.git(tmp_path, "init", "--quiet", "--object-format=sha256", str(seed))
+    gitrepo.git(seed, "remote", "add", "origin", str(remote))
+    gitrepo.commit_file(seed, "memory.jsonl", memory(*SEED), "seed memory")
+    gitrepo.git(seed, "push", "--quiet", "origin", "HEAD:main")
+    laptop, server = (gitrepo.clone(remote, tmp_path / name) for name in ("laptop", "server"))
+    queue_commit(server, "server.1.aa", "frank")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    gitrepo.commit(laptop, "erin", "memory.jsonl")  # not on the remote's tip: replayed
+    gitrepo.git(seed, "commit", "--quiet", "--allow-empty", "-m", "moved on")
+    gitrepo.git(seed, "push", "--quiet", "origin", "HEAD:main")
+    result, log, _ = run(laptop)
+    assert "carrying 1 other machines' waiting commits" in log
+    assert result.commit is not None and len(result.commit) == 64
+    assert names_on(remote) == {*SEED, "erin", "frank"}
+    gitrepo.git(remote, "fsck", "--strict", "--no-dangling")
