@@ -6,7 +6,7 @@ any of them should wait. So a sync whose push lost the race pushes its
 local commits to a ref of its own on the remote, which no other writer
 touches and so is never rejected:
 
-    refs/crdt-merge-driver/pending/<branch>/<host>.<pid>.<random>
+    refs/crdt-merge-driver/pending/<branch>/<time>.<host>.<pid>.<random>
 
 Every sync fetches these refs with the branch (into ``refs/crdt-merge-
 driver/seen/<remote>/<branch>/``), replays the waiting commits after its own
@@ -28,11 +28,13 @@ import os
 import re
 import secrets
 import socket
+import time
 
 from crdt_merge_driver.clone import Clone
 
 NAMESPACE = "refs/crdt-merge-driver/pending"
-# How long a waiting sync leaves the landing to the queue's first (`Queue.leader`).
+# How long a waiting sync leaves the landing to the queue's first, and how old the
+# first's ref may be (`Queue.leader`).
 PATIENCE = 8.0
 _SEEN = "refs/crdt-merge-driver/seen"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -55,8 +57,10 @@ class Queue:
         return [] if self.off else [f"+{self.remote_prefix}*:{self.seen_prefix}*"]
 
     def new_name(self) -> str:
+        # The time first (milliseconds, fixed width), so that refs sort oldest first.
         host = _UNSAFE.sub("-", socket.gethostname()).strip("-") or "host"
-        return f"{self.remote_prefix}{host}.{os.getpid()}.{secrets.token_hex(4)}"
+        made = f"{round(time.time() * 1000):013d}"
+        return f"{self.remote_prefix}{made}.{host}.{os.getpid()}.{secrets.token_hex(4)}"
 
     def joined(self, name: str, commit: str) -> None:
         self.mine, self.commit = name, commit
@@ -67,14 +71,18 @@ class Queue:
 
         Every waiting sync replaying and pushing everyone's commits at once
         would only burn the CPU the one push that wins needs. So the sync
-        whose ref sorts first lands; the others look again later, and land
-        themselves once they have waited PATIENCE seconds (a leader killed
-        mid-sync leaves its ref behind). Seconds waited, not seconds passed:
-        the retry policy's own measure, which a caller's ``sleep`` controls.
+        whose ref is oldest lands, and the others look again later. A ref
+        made more than PATIENCE seconds ago does not lead (its sync may have
+        been killed, or its commits may be ones nobody can carry), and a sync
+        that has waited PATIENCE seconds in all lands itself. Seconds waited,
+        not seconds passed: the retry policy's own measure, which a caller's
+        ``sleep`` controls.
         """
-        if self.mine not in waiting or self.waited > PATIENCE:
+        if self.off or self.mine not in waiting or self.waited > PATIENCE:
             return None
-        first = min(waiting)
+        recent = f"{round((time.time() - PATIENCE) * 1000):013d}"
+        first = min((ref for ref in waiting if _made(ref, self.remote_prefix) >= recent),
+                    default=self.mine)  # fmt: skip
         return None if first == self.mine else first
 
     def waiting(self) -> dict[str, str]:
@@ -103,7 +111,15 @@ class Queue:
 
     def carried_by_another(self, waiting: dict[str, str], head: str) -> bool:
         """Whether another machine's push landed this sync's commits (its ref is gone)."""
-        return self.mine is not None and self.mine not in waiting and head == self.commit
+        # Off, the queue is not fetched: its refs are gone from view, not from the remote.
+        mine = self.mine is not None and head == self.commit
+        return mine and not self.off and self.mine not in waiting
+
+
+def _made(ref: str, prefix: str) -> str:
+    """The time a ref's name says it was made (see `Queue.new_name`); "" if it says none."""
+    made = ref.removeprefix(prefix).partition(".")[0]
+    return made if len(made) == 13 and made.isdigit() else ""
 
 
 def _escape(name: str) -> str:

@@ -325,6 +325,8 @@ def push_until_landed(
             f"{clock() - started:.0f}s: {last.reason}. Nothing is lost: your local commits "
             f"are kept; run `{PROGRAM} sync` again once {clone.remote} takes pushes"
         ) from None
+    if queue.off and queue.mine:
+        _leave(clone, queue, remaining(), log)
     if pushed is None:
         say(log, f"nothing to push: {clone.where} already has every local commit")
     else:
@@ -415,6 +417,16 @@ def _push(
         # Most likely a remote without atomic pushes: the queue cannot work there.
         queue.off = f"the remote refused a push that empties the queue: {_reason(refusal)}"
         raise Transient(f"{queue.off}; landing alone from now on") from None
+
+
+def _leave(clone: Clone, queue: Queue, timeout: float, log: TextIO) -> None:
+    """Delete this sync's ref from a queue turned off after it joined; the commits landed."""
+    ref, commit = queue.mine, queue.commit
+    result = _network(clone, "push", "--quiet", f"--force-with-lease={ref}:{commit}",
+                      clone.remote, f":{ref}", timeout=timeout)  # fmt: skip
+    if result.returncode != 0:  # harmless: the next sync that carries it deletes it
+        say(log, f"could not delete {ref} ({classify(result.stderr).reason}); nothing is lost: "
+                 f"`git push {clone.remote} :{ref}` deletes it")  # fmt: skip
 
 
 def _reason(error: GitError) -> str:

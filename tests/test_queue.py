@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -254,12 +255,19 @@ def test_a_remote_without_atomic_pushes_turns_the_queue_off(
 # --- who lands ------------------------------------------------------------------------
 
 
-def test_the_first_in_the_queue_lands_and_the_others_wait_for_it(
+def made(seconds_ago: float = 0.0) -> str:
+    """The time part of a queue ref's name, for a ref made ``seconds_ago``."""
+    return f"{round((time.time() - seconds_ago) * 1000):013d}"
+
+
+def test_the_oldest_in_the_queue_lands_and_the_others_wait_for_it(
     pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, server = pair
-    queue_commit(third, "aa.1.first", "grace")  # sorts first: its sync is the one to land
-    monkeypatch.setattr(Queue, "new_name", lambda self: f"{self.remote_prefix}zz.2.later")
+    first = f"{made()}.aa.1.first"
+    queue_commit(third, first, "grace")  # the oldest: its sync is the one to land
+    later = f"{made(-1)}.zz.2.later"
+    monkeypatch.setattr(Queue, "new_name", lambda self: f"{self.remote_prefix}{later}")
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     lose_first_push(monkeypatch)
     looks: list[float] = []
@@ -270,7 +278,7 @@ def test_the_first_in_the_queue_lands_and_the_others_wait_for_it(
             monkeypatch.setattr(pending_module, "PATIENCE", -1.0)
 
     result, log, waits = run(server, first_never_comes)
-    assert log.count("waiting for aa.1.first, first in the queue of 2, to land it") == 2
+    assert log.count(f"waiting for {first}, first in the queue of 2, to land it") == 2
     # each look waits at least half of WAIT_QUEUE_EACH per waiting commit
     assert all(wait >= sync_module.WAIT_QUEUE_EACH for wait in waits[1:3])
     assert "carrying 1 other machines' waiting commits" in log
@@ -279,19 +287,53 @@ def test_the_first_in_the_queue_lands_and_the_others_wait_for_it(
     assert waiting_refs(origin) == {}
 
 
-def test_the_leader_is_the_first_waiting_ref_until_patience_runs_out(
+def test_an_old_ref_never_holds_the_queue_up(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Left by a sync killed long ago, with commits nobody can carry (damaged): not a leader.
+    _, server = pair
+    damaged = memory(*SEED) + b"\n<<<<<<< ours\n"
+    stale = queue_commit(third, f"{made(3600)}.old.1.aa", data=damaged)
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    result, log, _ = run(server)
+    assert "waiting for" not in log and result.attempts == 2
+    assert names_on(origin) == {*SEED, "frank"}
+    assert list(waiting_refs(origin).values()) == [stale]
+
+
+def test_the_leader_is_the_oldest_recent_ref_until_patience_runs_out(
     pair: tuple[Path, Path],
 ) -> None:
     clone = Clone(pair[0], pair[0] / ".git", pair[0] / ".git", {}, "origin", "", "main")
     queue = Queue(clone)
-    first, mine = f"{QUEUE}a", f"{QUEUE}b"
+    first, mine = f"{QUEUE}{made(1)}.a", f"{QUEUE}{made()}.b"
     assert queue.leader({first: "1"}) is None  # not in the queue: land
     queue.joined(mine, "2")
     assert queue.leader({first: "1", mine: "2"}) == first
     assert queue.leader({mine: "2"}) is None  # first now
     assert queue.leader({first: "1"}) is None  # carried already: the caller follows
+    old, unnamed = f"{QUEUE}{made(pending_module.PATIENCE + 1)}.c", f"{QUEUE}by-hand"
+    assert queue.leader({old: "3", unnamed: "4", mine: "2"}) is None  # neither leads
     queue.waited = pending_module.PATIENCE + 0.1
     assert queue.leader({first: "1", mine: "2"}) is None
+
+
+def test_a_ref_that_joined_before_the_queue_went_off_is_not_taken_as_carried(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by review: off, the queue is not fetched, so the sync's own ref looked gone,
+    # and the sync followed the branch without its commits.
+    gitrepo.git(origin, "config", "receive.advertiseAtomic", "false")
+    _, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    result, log, _ = run(server)
+    assert "waits in" in log and "does not take atomic pushes" in log
+    assert "another machine's push landed" not in log
+    assert result.attempts == 3 and result.commit == gitrepo.head(server)
+    assert names_on(origin) == {*SEED, "frank"}
+    assert waiting_refs(origin) == {}  # deleted once the commits landed
 
 
 def test_names_are_escaped_so_branches_never_share_a_queue() -> None:
