@@ -275,8 +275,14 @@ def _part_sync(clones: dict[str, Path], out: TextIO) -> None:
         )
 
     def push(name: str) -> None:
-        result = sync(repo=clones[name], message=f"{name}: sync", log=io.StringIO())
-        print(f"  {name}: landed in {result.attempts} attempt(s)", file=out)
+        log = io.StringIO()
+        result = sync(repo=clones[name], message=f"{name}: sync", log=log)
+        said = log.getvalue()
+        how = (" (waited in the queue; another machine's push carried it)"
+               if "another machine's push landed" in said
+               else " (its push carried the others waiting in the queue)"
+               if "waiting commits" in said else "")  # fmt: skip
+        print(f"  {name}: landed in {result.attempts} attempt(s){how}", file=out)
 
     _at_once(push, "sync")
     for name in MACHINES:
