@@ -123,30 +123,23 @@ class _StopAtDeadline(tenacity.stop.stop_base):
         return self.clock() + upcoming >= self.at
 
 
-class _WaitForQueue(tenacity.wait.wait_base):
-    """While the queue's first lands everyone: ``each`` seconds per waiting commit, 50-100%."""
+class _WaitInProportion(tenacity.wait.wait_base):
+    """``factor`` times what ``measure`` reads from the failure (at most ``most``), jittered.
 
-    def __init__(self, each: float, most: float) -> None:
-        self.each = each
-        self.most = most
+    The jitter is uniform from ``low`` to 1 times that: from 0 to spread a
+    crowd, from 0.5 to look again no sooner than a landing can take.
+    """
 
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        failure = retry_state.outcome.exception() if retry_state.outcome else None
-        queued = failure.queued if isinstance(failure, Transient) else 0
-        return min(self.most, self.each * queued) * random.uniform(0.5, 1.0)  # noqa: S311
-
-
-class _WaitForLoad(tenacity.wait.wait_base):
-    """Uniform from 0 to ``factor`` times as long as the failed attempt took, capped."""
-
-    def __init__(self, factor: float, most: float) -> None:
-        self.factor = factor
-        self.most = most
+    def __init__(
+        self, measure: Callable[[Transient], float], *, factor: float, most: float, low: float
+    ) -> None:
+        self.measure = measure
+        self.factor, self.most, self.low = factor, most, low
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         failure = retry_state.outcome.exception() if retry_state.outcome else None
-        took = failure.took if isinstance(failure, Transient) else 0.0
-        return random.uniform(0, min(self.most, self.factor * took))  # noqa: S311  # jitter
+        amount = self.measure(failure) if isinstance(failure, Transient) else 0.0
+        return min(self.most, self.factor * amount) * random.uniform(self.low, 1.0)  # noqa: S311
 
 
 def retrying(
@@ -167,8 +160,12 @@ def retrying(
         wait=tenacity.wait_random_exponential(
             multiplier=WAIT_FIRST, max=WAIT_MAX, exp_base=WAIT_GROWTH
         )
-        + _WaitForLoad(WAIT_LOAD, WAIT_LOAD_MAX)
-        + _WaitForQueue(WAIT_QUEUE_EACH, WAIT_LOAD_MAX),
+        # as long as the failed attempt took: spread a crowd out
+        + _WaitInProportion(lambda failed: failed.took, factor=WAIT_LOAD, most=WAIT_LOAD_MAX,
+                            low=0.0)
+        # while another sync lands the queue: about as long as that takes
+        + _WaitInProportion(lambda failed: failed.queued, factor=WAIT_QUEUE_EACH,
+                            most=WAIT_LOAD_MAX, low=0.5),
         sleep=sleep,
         before_sleep=report,
         reraise=True,
