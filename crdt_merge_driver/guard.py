@@ -54,6 +54,18 @@ def check_files(
             )
 
 
+def passes(
+    clone: Clone, files: Mapping[str, tuple[bytes | None, bytes | None]], *,
+    allow_mass_delete: bool,
+) -> bool:  # fmt: skip
+    """Whether `check_files` lets these files through."""
+    try:
+        check_files(clone, files, allow_mass_delete=allow_mass_delete)
+    except RefusedError:
+        return False
+    return True
+
+
 def _keys(path: str, data: bytes | None) -> set[Key]:
     if data is None:
         return set()  # deleted by the push

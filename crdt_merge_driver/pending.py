@@ -51,6 +51,7 @@ class Queue:
         self.commit: str | None = None  # the commit it holds
         self.off: str | None = None  # why the queue is off (the remote refused it)
         self.waited = 0.0  # seconds this sync has waited since it joined (the loop adds)
+        self.seen = False  # whether a fetch since it joined showed its ref
 
     def refspecs(self) -> list[str]:
         """What `fetch` adds to the branch's refspec: every waiting ref, pruned when gone."""
@@ -64,7 +65,7 @@ class Queue:
 
     def joined(self, name: str, commit: str) -> None:
         self.mine, self.commit = name, commit
-        self.waited = 0.0
+        self.waited, self.seen = 0.0, False
 
     def leader(self, waiting: dict[str, str]) -> str | None:
         """The waiting ref whose sync should land the queue, if not this one's; None: land.
@@ -109,11 +110,24 @@ class Queue:
                                 f"--merged={head}", self.seen_prefix).stdout.decode()  # fmt: skip
         return self._named(listed)
 
-    def carried_by_another(self, waiting: dict[str, str], head: str) -> bool:
-        """Whether another machine's push landed this sync's commits (its ref is gone)."""
-        # Off, the queue is not fetched: its refs are gone from view, not from the remote.
+    def gone(self, waiting: dict[str, str], head: str) -> bool:
+        """Whether this sync's ref has left the queue, with HEAD still on the commits it holds.
+
+        Seen in a fetch since it joined, a ref that is gone has landed: refs
+        leave the queue only in the push that lands them. Never seen, it may
+        also be hidden from fetches (``uploadpack.hideRefs``): the caller
+        checks that the branch holds the commits before it believes it.
+        """
         mine = self.mine is not None and head == self.commit
+        # Off, the queue is not fetched: its refs are gone from view, not from the remote.
         return mine and not self.off and self.mine not in waiting
+
+    def landed(self) -> None:
+        """This sync's ref left the queue: carried, deleted with its landing, or taken out."""
+        self.mine = self.commit = None
+
+    def look(self, waiting: dict[str, str]) -> None:
+        self.seen = self.seen or self.mine in waiting
 
 
 def _made(ref: str, prefix: str) -> str:

@@ -29,7 +29,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -72,11 +72,15 @@ class Pick(NamedTuple):
     changes: list[Change]
 
 
+# Each memory file a push changes: path -> (the remote's version, the pushed one).
+Files = dict[str, tuple[bytes | None, bytes | None]]
+
+
 class Replayed(NamedTuple):
     head: str  # the last replayed commit; HEAD is not there yet (see `checkout.move_head`)
-    # Each memory file the push changes: the remote's version, the pushed one.
-    files: dict[str, tuple[bytes | None, bytes | None]]
-    carried: tuple[str, ...] = ()  # the other heads whose commits ``head`` holds too
+    files: Files
+    carried: tuple[str, ...] = ()  # the other heads ``head`` holds now: their refs can go
+    brought: int = 0  # how many of those brought commits (the rest were upstream already)
 
 
 class Memo:
@@ -92,15 +96,17 @@ class Memo:
 
 
 def replay(
-    clone: Clone, head: str, onto: str, memo: Memo, others: Sequence[str] = ()
-) -> Replayed | None:
+    clone: Clone, head: str, onto: str, memo: Memo, others: Sequence[str] = (), *,
+    accept: Callable[[Files], bool] | None = None,
+) -> Replayed | None:  # fmt: skip
     """Land the local commits on ``onto`` as git rebase would; None: leave it to git rebase.
 
     ``others``: heads of other machines' commits waiting to land (see
     pending.py), replayed after the local ones, each as if rebased in turn.
-    One that replay cannot do, or whose memory file the driver cannot merge,
-    is left out (`Replayed.carried` names those that are in): it never stops
-    the local commits from landing.
+    One that replay cannot do, whose memory file the driver cannot merge,
+    that ``accept`` refuses (given the files as they would be pushed), or
+    that builds on one left out, is left out; `Replayed.carried` names those
+    that are in. Either way the local commits land.
     """
     if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
         return None  # the driver would defer to git's text merge
@@ -108,8 +114,7 @@ def replay(
     if picks is None or not _attached(clone, picks, memo) or _writes_otherwise(clone, memo):
         return None
     base, rewrite = _skip_kept(onto, [pick for pick in picks if not pick.upstream])
-    waiting = {other: chain for other, chain in _waiting(clone, onto, head, others).items()
-               if _attached(clone, chain, memo)}  # fmt: skip
+    waiting = _waiting(clone, onto, head, others)
     every = [*rewrite, *(pick for chain in waiting.values() for pick in chain)]
     paths = sorted({change.path for pick in (*picks, *every) for change in pick.changes})
     objects = _Objects(clone, (head, *waiting), onto, base, paths=paths, rewrite=every)
@@ -117,26 +122,48 @@ def replay(
         return None
     state = {path: objects.at(base, path) for path in paths}
     steps = [_apply(clone, pick, state, objects) for pick in rewrite]
-    carried = []
+    carried: list[str] = []
+    brought, left = 0, set[str]()
     for other, chain in waiting.items():
-        if not objects.same_attributes(other) or not all(map(objects.fits, chain)):
+        more = None
+        fits = (_attached(clone, chain, memo) and objects.same_attributes(other)
+                and all(map(objects.fits, chain)))  # fmt: skip
+        # Built on a chain left out (or, empty, taken whole by one): left out too.
+        if fits and (chain[0].parent if chain else other) not in left:
+            more = _carry(clone, chain, state, objects, accept)
+        if more is None:
+            left.update(pick.commit for pick in chain)  # and every chain built on it
             continue
-        before = dict(state)
-        try:
-            steps += [_apply(clone, pick, state, objects) for pick in chain]
-        except RefusedError:
-            state.update(before)  # the same paths: this undoes the chain's part
-            continue
+        steps += more
         rewrite += chain
         carried.append(other)
+        brought += bool(chain)
     merged = [found.data for step in steps for _, found in step.values() if found.oid is None]
     ids = _write_blobs(clone, [data for data in dict.fromkeys(merged) if data is not None])
     new_head = _write_commits(clone, base, rewrite, steps, ids=ids, objects=objects)
-    final = {path: _File(found.oid or ids.get(found.data or b""), found.data)
-             for path, found in state.items()}  # fmt: skip
-    files = {path: (objects.data_at(onto, path), found.data) for path, found in final.items()
-             if objects.data_at(onto, path) != found.data}  # fmt: skip
-    return Replayed(new_head, files, tuple(carried))
+    return Replayed(new_head, _pushed(state, objects), tuple(carried), brought)
+
+
+def _carry(
+    clone: Clone, chain: list[Pick], state: dict[str, _File], objects: _Objects,
+    accept: Callable[[Files], bool] | None,
+) -> list[_Step] | None:  # fmt: skip
+    """Apply another machine's chain to ``state``; None (``state`` as it was) if it is refused."""
+    before = dict(state)
+    try:
+        steps = [_apply(clone, pick, state, objects) for pick in chain]
+    except RefusedError:
+        steps = None
+    if steps is None or (accept is not None and chain and not accept(_pushed(state, objects))):
+        state.update(before)  # the same paths: this undoes the chain's part
+        return None
+    return steps
+
+
+def _pushed(state: dict[str, _File], objects: _Objects) -> Files:
+    return {path: (objects.data_at(objects.onto, path), found.data)
+            for path, found in state.items()
+            if objects.data_at(objects.onto, path) != found.data}  # fmt: skip
 
 
 def replayable(clone: Clone, head: str, onto: str, memo: Memo) -> bool:
@@ -315,9 +342,15 @@ class _Objects:
 
 def _representable(raw: bytes) -> bool:
     """Whether commit-tree can write this commit's author and message back byte for byte."""
-    header = raw.partition(b"\n\n")[0].split(b"\n")
+    top, _, message = raw.partition(b"\n\n")
+    header = top.split(b"\n")
     if any(line.startswith(b"encoding ") for line in header):
         return False  # git rebase re-encodes the message
+    try:  # commit-tree rewrites text that is not UTF-8 (as Latin-1) in what it writes
+        top.decode()
+        message.decode()
+    except UnicodeDecodeError:
+        return False
     authors = [found for line in header if (found := _AUTHOR.fullmatch(line))]
     return len(authors) == 1 and all(
         value and value.strip(_CRUD) == value for value in (authors[0]["name"], authors[0]["email"])

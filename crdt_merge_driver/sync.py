@@ -16,6 +16,7 @@ in the middle of a rebase. docs/sync.md gives the reasons for each choice.
 
 from __future__ import annotations
 
+import enum
 import os
 import random
 import sys
@@ -39,13 +40,13 @@ from crdt_merge_driver.clone import (
     find_url,
     say,
 )
-from crdt_merge_driver.errors import GaveUpError, GitError, RefusedError
-from crdt_merge_driver.guard import check_files, check_push
+from crdt_merge_driver.errors import CrdtError, GaveUpError, GitError
+from crdt_merge_driver.guard import check_files, check_push, passes
 from crdt_merge_driver.lock import LOCK, lock
 from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
-from crdt_merge_driver.replay import Memo, Replayed, replay, replayable
-from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify
+from crdt_merge_driver.replay import Files, Memo, replay, replayable
+from crdt_merge_driver.verdict import MISSING_BRANCH, NO_ATOMIC, Transient, classify
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
 __all__ = [
@@ -317,13 +318,21 @@ def push_until_landed(
                     raise
     except Transient as last:
         say(log, f"sync attempt {number}: {last.reason}; giving up")
+        ref = queue.mine
+        became = _withdraw(clone, queue, remaining(), log) if ref else _Withdrawn.OUT
         raise GaveUpError(
             f"gave up on {clone.remote} ({clone.url}) after {number} attempts in "
             f"{clock() - started:.0f}s: {last.reason}. Nothing is lost: your local commits "
             f"are kept; run `{PROGRAM} sync` again once {clone.remote} takes pushes"
+            + ("" if became is _Withdrawn.OUT else f" (they waited in {ref}, {became.value}; "
+               "that sync finds them there)")
         ) from None
-    if queue.off and queue.mine:
-        _leave(clone, queue, remaining(), log)
+    except CrdtError:
+        if queue.mine is not None:  # refused or failed: its commits must not land later
+            _withdraw(clone, queue, remaining(), log)
+        raise
+    if queue.mine is not None and queue.off:  # joined before the queue went off
+        _withdraw(clone, queue, remaining(), log)
     if pushed is None:
         say(log, f"nothing to push: {clone.where} already has every local commit")
     else:
@@ -342,11 +351,10 @@ def attempt_once(
     if head is None:
         return None  # an unborn branch with nothing committed
     waiting = queue.waiting() if fetched else {}
-    if remote_tip and queue.carried_by_another(waiting, head):
-        checkout.follow(clone, head, remote_tip, log)
-        say(log, f"sync attempt {number}: another machine's push landed {head[:10]} "
-                 f"(waiting in {queue.mine}) on {clone.where}")  # fmt: skip
-        return remote_tip
+    gone = remote_tip is not None and queue.gone(waiting, head)
+    if gone and queue.seen and remote_tip is not None:
+        return _carried(clone, queue, head, remote_tip, number=number, log=log)
+    queue.look(waiting)
     leader = queue.leader(waiting)
     if leader is not None and remote_tip != head:
         raise Transient(f"waiting for {leader.removeprefix(queue.remote_prefix)}, first in the "
@@ -354,8 +362,18 @@ def attempt_once(
     mine = {ref: commit for ref, commit in waiting.items() if ref == queue.mine}
     others = {ref: commit for ref, commit in waiting.items() if ref != queue.mine}
     if remote_tip is not None and head != remote_tip:
-        replayed = _replay(clone, head, remote_tip, memo=memo, others=others, log=log)
+        # Another machine's --allow-mass-delete is not this one's to give.
+        def acceptable(files: Files) -> bool:
+            return passes(clone, files, allow_mass_delete=False)
+
+        replayed = replay(clone, head, remote_tip, memo, list(dict.fromkeys(others.values())),
+                          accept=acceptable)  # fmt: skip
         if replayed is not None:
+            if gone and replayed.head == remote_tip:  # landed before this sync first looked
+                return _carried(clone, queue, head, remote_tip, number=number, log=log)
+            if gone:  # not landed, yet not in the queue: the remote hides the queue's refs
+                queue.off = "the remote does not show the queue's refs to fetches"
+                say(log, f"sync attempt {number}: {queue.off}: landing alone from now on")
             if replayed.head != remote_tip:
                 check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
                 carried = {ref: commit for ref, commit in others.items()
@@ -364,9 +382,10 @@ def attempt_once(
                       join=head)
             checkout.follow(clone, head, replayed.head, log)
             if replayed.head == remote_tip:
-                return None  # every local change was upstream already
-            count = len(replayed.carried)
-            carrying = f", carrying {count} other machines' waiting commits" if count else ""
+                return _nothing_to_push(clone, queue, mine, remote_tip=remote_tip,
+                                        number=number, timeout=timeout, log=log)  # fmt: skip
+            carrying = (f", carrying {replayed.brought} other machines' waiting commits"
+                        if replayed.brought else "")  # fmt: skip
             say(log, f"sync attempt {number}: pushed {replayed.head[:10]} to {clone.where}"
                      f"{carrying}")  # fmt: skip
             return replayed.head
@@ -375,26 +394,43 @@ def attempt_once(
         memo.forget()
         head = _revision(clone, "HEAD") or head
     if head == remote_tip:
-        return None
+        return _nothing_to_push(clone, queue, mine, remote_tip=head, number=number,
+                                timeout=timeout, log=log)  # fmt: skip
     check_push(clone, remote_tip, head, allow_mass_delete=allow_mass_delete)
     _push(clone, queue, head, mine, timeout=timeout, log=log)
     say(log, f"sync attempt {number}: pushed {head[:10]} to {clone.where}")
     return head
 
 
-def _replay(
-    clone: Clone, head: str, remote_tip: str, *, memo: Memo, others: dict[str, str], log: TextIO
-) -> Replayed | None:
-    """The local commits replayed, with every waiting commit that passes the push's checks."""
-    replayed = replay(clone, head, remote_tip, memo, list(dict.fromkeys(others.values())))
-    if replayed is None or not replayed.carried:
-        return replayed
-    try:  # another machine's --allow-mass-delete is not this one's to give
-        check_files(clone, replayed.files, allow_mass_delete=False)
-    except RefusedError as refusal:
-        say(log, f"not carrying the other machines' waiting commits ({refusal}): landing alone")
-        return replay(clone, head, remote_tip, memo)
-    return replayed
+def _nothing_to_push(
+    clone: Clone, queue: Queue, mine: dict[str, str], *, remote_tip: str, number: int,
+    timeout: Callable[[], float], log: TextIO,
+) -> str | None:  # fmt: skip
+    """Every local change is upstream already; what the remote holds, if a push of ours did it.
+
+    With this sync's ref still in view, either a fetch saw the ref before the
+    push that carried it deleted it, or a push of this sync landed and then
+    failed to say so. Taking the ref out tells which.
+    """
+    if not mine:
+        return None
+    ref = queue.mine
+    if _withdraw(clone, queue, timeout(), log) is not _Withdrawn.GONE:
+        return None
+    say(log, f"sync attempt {number}: another machine's push landed these commits (waiting in "
+             f"{ref}) on {clone.where}")  # fmt: skip
+    return remote_tip
+
+
+def _carried(
+    clone: Clone, queue: Queue, head: str, remote_tip: str, *, number: int, log: TextIO
+) -> str:
+    """Another machine's push landed this sync's commits: bring HEAD to the branch."""
+    checkout.follow(clone, head, remote_tip, log)
+    say(log, f"sync attempt {number}: another machine's push landed {head[:10]} "
+             f"(waiting in {queue.mine}) on {clone.where}")  # fmt: skip
+    queue.landed()
+    return remote_tip
 
 
 def _push(
@@ -409,25 +445,31 @@ def _push(
             _join(clone, queue, join, timeout=timeout(), log=log)
         raise
     except GitError as refusal:
-        if not carried:
+        if not carried or not NO_ATOMIC.search(refusal.stderr):
             raise
-        # Most likely a remote without atomic pushes: the queue cannot work there.
-        queue.off = f"the remote refused a push that empties the queue: {_reason(refusal)}"
+        queue.off = "the remote does not take atomic pushes"
         raise Transient(f"{queue.off}; landing alone from now on") from None
+    if queue.mine in carried:
+        queue.landed()
 
 
-def _leave(clone: Clone, queue: Queue, timeout: float, log: TextIO) -> None:
-    """Delete this sync's ref from a queue turned off after it joined; the commits landed."""
+class _Withdrawn(enum.Enum):
+    OUT = "taken out of the queue"
+    GONE = "gone already: a push that landed its commits deleted it"
+    FAILED = "still there: the remote did not take the deletion"
+
+
+def _withdraw(clone: Clone, queue: Queue, timeout: float, log: TextIO) -> _Withdrawn:
+    """Take this sync's ref out of the queue (leased on its commit); what became of it."""
     ref, commit = queue.mine, queue.commit
     result = _network(clone, "push", "--quiet", f"--force-with-lease={ref}:{commit}",
                       clone.remote, f":{ref}", timeout=timeout)  # fmt: skip
-    if result.returncode != 0:  # harmless: the next sync that carries it deletes it
-        say(log, f"could not delete {ref} ({classify(result.stderr).reason}); nothing is lost: "
-                 f"`git push {clone.remote} :{ref}` deletes it")  # fmt: skip
-
-
-def _reason(error: GitError) -> str:
-    return classify(error.stderr).reason if error.stderr else str(error)
+    if result.returncode == 0 or "(stale info)" in result.stderr:
+        queue.landed()
+        return _Withdrawn.OUT if result.returncode == 0 else _Withdrawn.GONE
+    say(log, f"could not take {ref} out of the queue ({classify(result.stderr).reason}); "
+             f"`git push {clone.remote} :{ref}` deletes it")  # fmt: skip
+    return _Withdrawn.FAILED
 
 
 def _join(clone: Clone, queue: Queue, head: str, *, timeout: float, log: TextIO) -> None:

@@ -15,6 +15,7 @@ from typing import NamedTuple
 # of its lines says the refusal is temporary with one of these words.
 TRANSIENT_MARKERS = ("transient", "try again")
 MISSING_BRANCH = re.compile(r"couldn't find remote ref")
+NO_ATOMIC = re.compile(r"does not support --atomic push")
 
 
 class Verdict(NamedTuple):
@@ -46,7 +47,7 @@ _RULES: tuple[tuple[bool, re.Pattern[str], str], ...] = tuple(
                 r"|Repository not found|no such repository|access denied", "no such repository"),
         (False, r"Could not resolve (host|hostname)|unable to look up|Name or service not known",
                 "unknown host"),
-        (False, r"does not support --atomic push", "the remote does not take atomic pushes"),
+        (False, NO_ATOMIC.pattern, "the remote does not take atomic pushes"),
         (True, r"\((fetch first|non-fast-forward|stale info)\)",
                "rejected: the remote moved on (another machine pushed first)"),
         (True, r"cannot lock ref|failed to update ref|incorrect old value"

@@ -20,6 +20,7 @@ import pytest
 from crdt_merge_driver import pending as pending_module
 from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver.clone import Clone
+from crdt_merge_driver.errors import GaveUpError, GitError
 from crdt_merge_driver.pending import NAMESPACE, Queue
 from crdt_merge_driver.sync import SyncResult, Transient, sync
 from tests import gitrepo
@@ -40,9 +41,12 @@ def waiting_refs(remote: Path) -> dict[str, str]:
     return dict(line.split(" ") for line in listed.splitlines())
 
 
-def queue_commit(machine: Path, name: str, *entities: str, data: bytes | None = None) -> str:
+def queue_commit(
+    machine: Path, name: str, *entities: str, data: bytes | None = None,
+    file: str = "memory.jsonl",
+) -> str:  # fmt: skip
     """Commit on ``machine`` and leave it waiting in the queue, as a sync that lost a race does."""
-    commit = gitrepo.commit_file(machine, "memory.jsonl", data or memory(*SEED, *entities),
+    commit = gitrepo.commit_file(machine, file, data or memory(*SEED, *entities),
                                  f"memory from {name}")  # fmt: skip
     gitrepo.git(machine, "push", "--quiet", "origin", f"HEAD:{QUEUE}{name}")
     return commit
@@ -171,18 +175,53 @@ def test_a_damaged_waiting_commit_is_left_and_does_not_block_the_others(
     assert waiting_refs(origin) == {f"{QUEUE}server.1.aa": bad}  # for its own sync to refuse
 
 
-def test_a_waiting_mass_delete_is_not_carried(
+def test_a_waiting_mass_delete_is_not_carried_and_the_rest_are(
     pair: tuple[Path, Path], third: Path, origin: Path
 ) -> None:
     # Another machine's --allow-mass-delete is not this machine's to give.
     laptop, server = pair
     emptied = queue_commit(server, "server.1.aa", data=memory(SEED[0]))
+    queue_commit(third, "server.2.bb", "grace")
     (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
     result, log, _ = run(laptop, allow_mass_delete=True)
-    assert "not carrying the other machines' waiting commits (refusing to push" in log
-    assert result.attempts == 1
-    assert names_on(origin) == {*SEED, "erin"}
+    assert result.attempts == 1 and "carrying 1 other machines' waiting commits" in log
+    assert names_on(origin) == {*SEED, "erin", "grace"}
     assert waiting_refs(origin) == {f"{QUEUE}server.1.aa": emptied}
+
+
+def test_a_chain_built_on_one_left_out_is_left_out_too(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    # Found by review: the later commit was carried without the earlier one it builds on,
+    # and its sync, finding its ref gone, followed the branch without the earlier change.
+    laptop, server = pair
+    tmp_seed = seed = gitrepo.clone(origin, third.parent / "seed-again")
+    gitrepo.commit_file(seed, "memory-old.jsonl", memory("zoe"), "an older memory file")
+    gitrepo.git(seed, "push", "--quiet", "origin", "HEAD:main")
+    for machine in (laptop, server):
+        gitrepo.git(machine, "pull", "--quiet", "--rebase", "origin", "main")
+    first = queue_commit(server, "server.1.aa", data=memory("zoe", "yann"), file="memory-old.jsonl")
+    later = queue_commit(server, "server.2.bb", "frank")  # on top of the first
+    gitrepo.git(tmp_seed, "rm", "--quiet", "memory-old.jsonl")  # what the first edits
+    gitrepo.commit(tmp_seed, "no older memory")
+    gitrepo.git(tmp_seed, "push", "--quiet", "origin", "HEAD:main")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    _, log, _ = run(laptop)
+    assert "carrying" not in log and names_on(origin) == {*SEED, "erin"}
+    assert waiting_refs(origin) == {f"{QUEUE}server.1.aa": first, f"{QUEUE}server.2.bb": later}
+
+
+def test_a_ref_whose_commits_are_upstream_already_goes_without_a_word(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    laptop, _ = pair
+    seed = gitrepo.git(origin, "rev-parse", "main").strip()
+    gitrepo.git(laptop, "push", "--quiet", "origin", f"{seed}:refs/heads/x")
+    gitrepo.git(origin, "update-ref", f"{QUEUE}server.1.aa", seed)
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    _, log, _ = run(laptop)
+    assert "carrying" not in log  # nothing was carried: the commit was there
+    assert waiting_refs(origin) == {}
 
 
 def test_a_waiting_commit_beyond_replay_is_left_for_its_own_sync(
@@ -371,3 +410,99 @@ def test_carrying_works_in_a_sha256_repository(tmp_path: Path) -> None:
     assert result.commit is not None and len(result.commit) == 64
     assert names_on(remote) == {*SEED, "erin", "frank"}
     gitrepo.git(remote, "fsck", "--strict", "--no-dangling")
+
+
+# --- a sync's own ref: it never outlives the sync, or lies about landing -----------------
+
+
+def test_a_remote_that_hides_the_queue_from_fetches_turns_it_off(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by review: the sync's own ref, hidden from fetches, looked carried, and the sync
+    # followed the branch without its commits.
+    gitrepo.git(origin, "config", "uploadpack.hideRefs", "refs/crdt-merge-driver")
+    _, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    result, log, _ = run(server)
+    assert "the remote does not show the queue's refs to fetches" in log
+    assert "another machine's push landed" not in log
+    assert result.commit == gitrepo.head(server) and names_on(origin) == {*SEED, "frank"}
+    assert waiting_refs(origin) == {}  # taken out once the commits landed
+
+
+def test_a_push_that_landed_but_said_it_failed_leaves_no_ref(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    push = sync_module.push
+    calls: list[str] = []
+
+    def land_then_hang_up(
+        clone: Clone, head: str, timeout: float, carried: dict[str, str]
+    ) -> None:
+        push(clone, head, timeout, carried)
+        if not calls:
+            calls.append(head)
+            raise Transient("push failed: the remote hung up")
+
+    monkeypatch.setattr(sync_module, "push", land_then_hang_up)
+    _, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    result, log, _ = run(server)
+    assert "waits in" in log and result.commit is None  # nothing left to push
+    assert gitrepo.head(server) == gitrepo.git(origin, "rev-parse", "main").strip()
+    assert names_on(origin) == {*SEED, "frank"}
+    assert waiting_refs(origin) == {}
+
+
+def test_a_sync_that_gives_up_takes_its_commits_out_of_the_queue(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by review: the ref stayed, and another machine landed the commits after this
+    # sync had said it gave up.
+    _, server = pair
+    first = queue_commit(third, f"{made()}.aa.1.first", "grace")
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    with pytest.raises(GaveUpError, match="after 3 attempts") as error:
+        run(server, attempts=3)  # the first never lands, and patience outlasts 3 attempts
+    assert "may land" not in str(error.value)
+    assert list(waiting_refs(origin).values()) == [first]
+    assert names_on(origin) == set(SEED)
+
+
+def test_a_fatal_push_that_carries_the_queue_is_still_fatal(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    # Only a remote without atomic pushes turns the queue off; a refusal stays a refusal.
+    hook = origin / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'main is protected: ask for review' >&2\nexit 1\n")
+    queue_commit(third, "runner.2.bb", "grace")
+    hook.chmod(0o755)
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    with pytest.raises(GitError, match="hook refused the push: main is protected"):
+        run(laptop)
+    assert list(waiting_refs(origin)) == [f"{QUEUE}runner.2.bb"]
+
+
+def test_a_message_that_is_not_utf8_goes_to_git_rebase(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    # Found by review: commit-tree rewrites such text (as Latin-1), so the ids differed.
+    laptop, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    run(server)
+    gitrepo.write(laptop, "memory.jsonl", memory(*SEED, "erin"))
+    gitrepo.git(laptop, "add", "memory.jsonl")
+    tree = gitrepo.git(laptop, "write-tree").strip()
+    parent = gitrepo.head(laptop)
+    who = b"Ann <ann@example.invalid> 1767225600 +0000"
+    raw = b"tree %s\nparent %s\nauthor %s\ncommitter %s\n\ncaf\xe9 notes\n" % (
+        tree.encode(), parent.encode(), who, who
+    )  # as an old tool wrote it: git commit itself would store UTF-8
+    made = gitrepo.git(laptop, "hash-object", "-t", "commit", "-w", "--stdin", input_bytes=raw)
+    gitrepo.git(laptop, "update-ref", "HEAD", made.strip())
+    run(laptop)
+    assert gitrepo.git(laptop, "reflog", "-1", "--format=%gs", "HEAD").startswith("rebase")
+    assert names_on(origin) == {*SEED, "erin", "frank"}
