@@ -53,6 +53,18 @@ class Queue:
         self.waited = 0.0  # seconds this sync has waited since it joined (the loop adds)
         self.seen = False  # whether a fetch since it joined showed its ref
 
+    def check_urls(self) -> None:
+        """Off when pushes go elsewhere than fetches: a fetch would not show what was pushed."""
+        remote = re.escape(self.clone.remote)
+        said = self.clone.git("config", "--get-regexp",
+                              rf"^(remote\.{remote}\.pushurl|url\..*\.pushinsteadof)$",
+                              check=False).stdout  # fmt: skip
+        if said and self._url("--push") != self._url():
+            self.off = "pushes go to another URL than fetches"
+
+    def _url(self, *options: str) -> bytes:
+        return self.clone.git("remote", "get-url", *options, self.clone.remote).stdout
+
     def refspecs(self) -> list[str]:
         """What `fetch` adds to the branch's refspec: every waiting ref, pruned when gone."""
         return [] if self.off else [f"+{self.remote_prefix}*:{self.seen_prefix}*"]

@@ -283,6 +283,7 @@ def push_until_landed(
         return max(started + deadline - clock(), _MIN_NETWORK_TIMEOUT)
 
     memo, queue = Memo(), Queue(clone)
+    queue.check_urls()
 
     def pause(seconds: float) -> None:
         if queue.mine:

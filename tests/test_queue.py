@@ -506,3 +506,21 @@ def test_a_message_that_is_not_utf8_goes_to_git_rebase(
     run(laptop)
     assert gitrepo.git(laptop, "reflog", "-1", "--format=%gs", "HEAD").startswith("rebase")
     assert names_on(origin) == {*SEED, "erin", "frank"}
+
+
+def test_a_push_url_elsewhere_turns_the_queue_off(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    # A fetch from one place cannot tell what a push to another did with the queue.
+    laptop, _ = pair
+    queue_commit(third, "runner.2.bb", "grace")
+    gitrepo.git(laptop, "remote", "set-url", "--push", "origin", f"file://{origin}")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    _, log, _ = run(laptop)
+    assert "carrying" not in log and names_on(origin) == {*SEED, "erin"}
+    assert list(waiting_refs(origin)) == [f"{QUEUE}runner.2.bb"]
+    gitrepo.git(laptop, "config", "--unset", "remote.origin.pushurl")
+    gitrepo.git(laptop, "config", f"url.{origin}.pushInsteadOf", str(origin))  # the same place
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin", "ivy"))
+    _, log, _ = run(laptop)
+    assert "carrying 1 other machines' waiting commits" in log
