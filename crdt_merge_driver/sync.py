@@ -352,9 +352,20 @@ def attempt_once(
     if head is None:
         return None  # an unborn branch with nothing committed
     waiting = queue.waiting() if fetched else {}
-    gone = remote_tip is not None and queue.gone(waiting, head)
-    if gone and queue.seen and remote_tip is not None:
-        return _carried(clone, queue, head, remote_tip, number=number, log=log)
+    if remote_tip is not None and queue.gone(waiting, head):
+        ref = queue.mine
+        if not queue.seen:
+            # Carried before this sync first looked, or hidden from fetches: the push
+            # side knows, and taking the ref out asks it (git: "stale info" if gone).
+            became = _withdraw(clone, queue, timeout(), log)
+            if became is _Withdrawn.FAILED:
+                raise Transient(f"could not tell whether {ref} was carried")
+            if became is _Withdrawn.OUT:
+                queue.off = "the remote does not show the queue's refs to fetches"
+                say(log, f"sync attempt {number}: {queue.off}: landing alone from now on")
+        if not queue.off:
+            queue.landed()
+            return _carried(clone, ref, head, remote_tip, number=number, log=log)
     queue.look(waiting)
     leader = queue.leader(waiting)
     if leader is not None and remote_tip != head:
@@ -370,11 +381,6 @@ def attempt_once(
         replayed = replay(clone, head, remote_tip, memo, list(dict.fromkeys(others.values())),
                           accept=acceptable)  # fmt: skip
         if replayed is not None:
-            if gone and replayed.head == remote_tip:  # landed before this sync first looked
-                return _carried(clone, queue, head, remote_tip, number=number, log=log)
-            if gone:  # not landed, yet not in the queue: the remote hides the queue's refs
-                queue.off = "the remote does not show the queue's refs to fetches"
-                say(log, f"sync attempt {number}: {queue.off}: landing alone from now on")
             if replayed.head != remote_tip:
                 check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
                 carried = {ref: commit for ref, commit in others.items()
@@ -424,13 +430,12 @@ def _nothing_to_push(
 
 
 def _carried(
-    clone: Clone, queue: Queue, head: str, remote_tip: str, *, number: int, log: TextIO
+    clone: Clone, ref: str | None, head: str, remote_tip: str, *, number: int, log: TextIO
 ) -> str:
-    """Another machine's push landed this sync's commits: bring HEAD to the branch."""
+    """Another machine's push landed this sync's commits (from ``ref``): HEAD to the branch."""
     checkout.follow(clone, head, remote_tip, log)
     say(log, f"sync attempt {number}: another machine's push landed {head[:10]} "
-             f"(waiting in {queue.mine}) on {clone.where}")  # fmt: skip
-    queue.landed()
+             f"(waiting in {ref}) on {clone.where}")  # fmt: skip
     return remote_tip
 
 
