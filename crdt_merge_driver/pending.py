@@ -85,16 +85,19 @@ class Queue:
         Every waiting sync replaying and pushing everyone's commits at once
         would only burn the CPU the one push that wins needs. So the sync
         whose ref is oldest lands, and the others look again later. A ref
-        made more than PATIENCE seconds ago does not lead (its sync may have
-        been killed, or its commits may be ones nobody can carry), and a sync
-        that has waited PATIENCE seconds in all lands itself. Seconds waited,
+        made more than PATIENCE seconds before this sync's own does not lead
+        (its sync may have been killed, or its commits may be ones nobody can
+        carry); measured from this sync's own ref, not from now, so that in a
+        long race the refs do not all stop leading at once. And a sync that
+        has waited PATIENCE seconds in all lands itself. Seconds waited,
         not seconds passed: the retry policy's own measure, which a caller's
         ``sleep`` controls.
         """
         if self.off or self.mine not in waiting or self.waited > PATIENCE:
             return None
-        recent = f"{round((time.time() - PATIENCE) * 1000):013d}"
-        first = min((ref for ref in waiting if _made(ref, self.remote_prefix) >= recent),
+        mine = _made(self.mine, self.remote_prefix)
+        alive = f"{int(mine) - round(PATIENCE * 1000):013d}" if mine else ""
+        first = min((ref for ref in waiting if _made(ref, self.remote_prefix) >= alive),
                     default=self.mine)  # fmt: skip
         return None if first == self.mine else first
 

@@ -341,7 +341,7 @@ def test_an_old_ref_never_holds_the_queue_up(
     assert list(waiting_refs(origin).values()) == [stale]
 
 
-def test_the_leader_is_the_oldest_recent_ref_until_patience_runs_out(
+def test_the_leader_is_the_oldest_live_ref_until_patience_runs_out(
     pair: tuple[Path, Path],
 ) -> None:
     clone = Clone(pair[0], pair[0] / ".git", pair[0] / ".git", {}, "origin", "", "main")
@@ -354,8 +354,12 @@ def test_the_leader_is_the_oldest_recent_ref_until_patience_runs_out(
     assert queue.leader({first: "1"}) is None  # carried already: the caller follows
     old, unnamed = f"{QUEUE}{made(pending_module.PATIENCE + 1)}.c", f"{QUEUE}by-hand"
     assert queue.leader({old: "3", unnamed: "4", mine: "2"}) is None  # neither leads
+    # In a long race every ref grows old together: the oldest still leads.
+    early, late = f"{QUEUE}{made(21)}.a", f"{QUEUE}{made(20)}.b"
+    queue.joined(late, "2")
+    assert queue.leader({early: "1", late: "2"}) == early
     queue.waited = pending_module.PATIENCE + 0.1
-    assert queue.leader({first: "1", mine: "2"}) is None
+    assert queue.leader({first: "1", late: "2"}) is None
 
 
 def test_a_ref_that_joined_before_the_queue_went_off_is_not_taken_as_carried(
