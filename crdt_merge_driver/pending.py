@@ -30,9 +30,13 @@ import secrets
 import socket
 import time
 
+import orjson
+
 from crdt_merge_driver.clone import Clone
 
 NAMESPACE = "refs/crdt-merge-driver/pending"
+# In the git folder (per worktree): the ref this clone's commits wait in, and the commit.
+QUEUED = "crdt-merge-driver-sync.queued"
 # How long a waiting sync leaves the landing to the queue's first, and how old the
 # first's ref may be (`Queue.leader`).
 PATIENCE = 8.0
@@ -52,6 +56,20 @@ class Queue:
         self.off: str | None = None  # why the queue is off (the remote refused it)
         self.waited = 0.0  # seconds this sync has waited since it joined (the loop adds)
         self.seen = False  # whether a fetch since it joined showed its ref
+        self.unsure = False  # whether a push that deleted its ref failed without a clear answer
+        self.after: str | None = None  # a commit of this clone the queue landed (rewritten)
+        # The place outlives the sync: a sync interrupted while waiting leaves it for the
+        # next sync in this clone, which must not land the same commits a second time.
+        self.mark = clone.git_dir / QUEUED
+
+    def resume(self) -> None:
+        """Take up the place a sync interrupted while waiting left in this clone, if any."""
+        try:
+            place = orjson.loads(self.mark.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        if isinstance(place, dict) and place.get("ref", "").startswith(self.remote_prefix):
+            self.mine, self.commit = str(place["ref"]), str(place.get("commit"))
 
     def check_urls(self) -> None:
         """Off when pushes go elsewhere than fetches: a fetch would not show what was pushed."""
@@ -78,6 +96,7 @@ class Queue:
     def joined(self, name: str, commit: str) -> None:
         self.mine, self.commit = name, commit
         self.waited, self.seen = 0.0, False
+        self.mark.write_bytes(orjson.dumps({"ref": name, "commit": commit}))
 
     def leader(self, waiting: dict[str, str]) -> str | None:
         """The waiting ref whose sync should land the queue, if not this one's; None: land.
@@ -126,20 +145,24 @@ class Queue:
         return self._named(listed)
 
     def gone(self, waiting: dict[str, str], head: str) -> bool:
-        """Whether this sync's ref has left the queue, with HEAD still on the commits it holds.
+        """Whether this sync's ref has left the queue, with HEAD on or after the commit it holds.
 
         Seen in a fetch since it joined, a ref that is gone has landed: refs
         leave the queue only in the push that lands them. Never seen, it may
         also be hidden from fetches (``uploadpack.hideRefs``): the caller
-        checks that the branch holds the commits before it believes it.
+        asks the remote before it believes it.
         """
-        mine = self.mine is not None and head == self.commit
-        # Off, the queue is not fetched: its refs are gone from view, not from the remote.
-        return mine and not self.off and self.mine not in waiting
+        if self.mine is None or self.commit is None or self.off or self.mine in waiting:
+            return False  # off, the queue is not fetched: gone from view, not from the remote
+        if head == self.commit:
+            return True
+        ancestor = self.clone.git("merge-base", "--is-ancestor", self.commit, head, check=False)
+        return ancestor.returncode == 0  # commits made since: they land on top
 
     def landed(self) -> None:
         """This sync's ref left the queue: carried, deleted with its landing, or taken out."""
         self.mine = self.commit = None
+        self.mark.unlink(missing_ok=True)
 
     def look(self, waiting: dict[str, str]) -> None:
         self.seen = self.seen or self.mine in waiting

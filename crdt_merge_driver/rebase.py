@@ -36,15 +36,19 @@ _SIDES = {"A": "the version on {where}", "B": "your local commit's version",
 _KEPT = "nothing pushed, rebase aborted, local commits kept"
 
 
-def rebase(clone: Clone, onto: str, log: TextIO, *, kept: str = _KEPT) -> None:
+def rebase(
+    clone: Clone, onto: str, log: TextIO, *, kept: str = _KEPT, after: str | None = None
+) -> None:
     """Replay the local commits onto ``onto``; on any failure, abort and raise.
 
     ``kept``: what the error says of the state it leaves (nothing pushed, unless the caller says).
+    ``after``: only the commits after this one (``git rebase --onto ONTO AFTER``).
     """
     mark = clone.git_dir / REBASE_MARK
     mark.write_text(f"pid {os.getpid()} pgid {os.getpgrp()}\n")
+    upstream = ["--onto", onto, after] if after else [onto]
     try:
-        result = clone.git("rebase", "--merge", "--autostash", "--quiet", onto, check=False)
+        result = clone.git("rebase", "--merge", "--autostash", "--quiet", *upstream, check=False)
         if result.returncode != 0:
             raise _rebase_error(clone, result, kept)
         if AUTOSTASH_CONFLICT in result.stderr:

@@ -97,7 +97,7 @@ class Memo:
 
 def replay(
     clone: Clone, head: str, onto: str, memo: Memo, others: Sequence[str] = (), *,
-    accept: Callable[[Files], bool] | None = None,
+    accept: Callable[[Files], bool] | None = None, after: str | None = None,
 ) -> Replayed | None:  # fmt: skip
     """Land the local commits on ``onto`` as git rebase would; None: leave it to git rebase.
 
@@ -106,11 +106,13 @@ def replay(
     One that replay cannot do, whose memory file the driver cannot merge,
     that ``accept`` refuses (given the files as they would be pushed), or
     that builds on one left out, is left out; `Replayed.carried` names those
-    that are in. Either way the local commits land.
+    that are in. Either way the local commits land. ``after``: a local commit
+    that landed already (carried from the queue, rewritten): only the local
+    commits after it are replayed, as ``git rebase --onto ONTO AFTER`` would.
     """
     if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
         return None  # the driver would defer to git's text merge
-    picks = _picks(clone, onto, head)
+    picks = _picks(clone, onto, head, after)
     if picks is None or not _attached(clone, picks, memo) or _writes_otherwise(clone, memo):
         return None
     base, rewrite = _skip_kept(onto, [pick for pick in picks if not pick.upstream])
@@ -176,8 +178,12 @@ def replayable(clone: Clone, head: str, onto: str, memo: Memo) -> bool:
     return _attached(clone, picks, memo)
 
 
-def _picks(clone: Clone, onto: str, head: str) -> list[Pick] | None:
-    picks = _parse(clone.git(*_LOG, f"{onto}...{head}").stdout)
+def _picks(clone: Clone, onto: str, head: str, after: str | None = None) -> list[Pick] | None:
+    if after is None:
+        picks = _parse(clone.git(*_LOG, f"{onto}...{head}").stdout)
+    else:  # only the commits after ``after``, whose changes are upstream already
+        picks = _parse(clone.git(*_RAW_LOG, "--format=%m %H %P", f"^{onto}", f"^{after}", head,
+                                 "--").stdout)  # fmt: skip
     if picks is None or not picks or not all(pick.changes for pick in picks):
         return None  # HEAD is behind (a fast-forward), an empty commit, or beyond replay
     return picks

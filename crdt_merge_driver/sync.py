@@ -284,6 +284,7 @@ def push_until_landed(
 
     memo, queue = Memo(), Queue(clone)
     queue.check_urls()
+    queue.resume()
 
     def pause(seconds: float) -> None:
         if queue.mine:
@@ -320,7 +321,7 @@ def push_until_landed(
     except Transient as last:
         say(log, f"sync attempt {number}: {last.reason}; giving up")
         ref = queue.mine
-        became = _withdraw(clone, queue, remaining(), log) if ref else _Withdrawn.OUT
+        became = _leave(clone, queue, remaining(), log)
         raise GaveUpError(
             f"gave up on {clone.remote} ({clone.url}) after {number} attempts in "
             f"{clock() - started:.0f}s: {last.reason}. Nothing is lost: your local commits "
@@ -329,11 +330,10 @@ def push_until_landed(
                "that sync finds them there)")
         ) from None
     except CrdtError:
-        if queue.mine is not None:  # refused or failed: its commits must not land later
-            _withdraw(clone, queue, remaining(), log)
+        _leave(clone, queue, remaining(), log)  # refused or failed: nothing may land later
         raise
-    if queue.mine is not None and queue.off:  # joined before the queue went off
-        _withdraw(clone, queue, remaining(), log)
+    # Landed alone with its ref still waiting (the queue went off, the branch was new...).
+    _leave(clone, queue, remaining(), log)
     if pushed is None:
         say(log, f"nothing to push: {clone.where} already has every local commit")
     else:
@@ -353,19 +353,9 @@ def attempt_once(
         return None  # an unborn branch with nothing committed
     waiting = queue.waiting() if fetched else {}
     if remote_tip is not None and queue.gone(waiting, head):
-        ref = queue.mine
-        if not queue.seen:
-            # Carried before this sync first looked, or hidden from fetches: the push
-            # side knows, and taking the ref out asks it (git: "stale info" if gone).
-            became = _withdraw(clone, queue, timeout(), log)
-            if became is _Withdrawn.FAILED:
-                raise Transient(f"could not tell whether {ref} was carried")
-            if became is _Withdrawn.OUT:
-                queue.off = "the remote does not show the queue's refs to fetches"
-                say(log, f"sync attempt {number}: {queue.off}: landing alone from now on")
-        if not queue.off:
-            queue.landed()
-            return _carried(clone, ref, head, remote_tip, number=number, log=log)
+        landed = _carried(clone, queue, head, remote_tip, number=number, timeout=timeout, log=log)
+        if landed is not None:
+            return landed
     queue.look(waiting)
     leader = queue.leader(waiting)
     if leader is not None and remote_tip != head:
@@ -379,14 +369,15 @@ def attempt_once(
             return passes(clone, files, allow_mass_delete=False)
 
         replayed = replay(clone, head, remote_tip, memo, list(dict.fromkeys(others.values())),
-                          accept=acceptable)  # fmt: skip
+                          accept=acceptable, after=queue.after)  # fmt: skip
         if replayed is not None:
             if replayed.head != remote_tip:
                 check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
                 carried = {ref: commit for ref, commit in others.items()
                            if commit in replayed.carried}  # fmt: skip
+                # Not after a part of them landed: the queue would carry that part again.
                 _push(clone, queue, replayed.head, {**mine, **carried}, timeout=timeout, log=log,
-                      join=head)
+                      join=None if queue.after else head)
             checkout.follow(clone, head, replayed.head, log)
             if replayed.head == remote_tip:
                 return _nothing_to_push(clone, queue, mine, remote_tip=remote_tip,
@@ -397,7 +388,7 @@ def attempt_once(
                      f"{carrying}")  # fmt: skip
             return replayed.head
         mine.update(queue.contained(head) if waiting else {})  # a killed sync's, say
-        rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
+        rebase(clone, remote_tip, log, after=queue.after)  # a fast-forward when only behind
         memo.forget()
         head = _revision(clone, "HEAD") or head
     if head == remote_tip:
@@ -409,33 +400,61 @@ def attempt_once(
     return head
 
 
+def _carried(
+    clone: Clone, queue: Queue, head: str, remote_tip: str, *, number: int,
+    timeout: Callable[[], float], log: TextIO,
+) -> str | None:  # fmt: skip
+    """This sync's ref is gone: if carried, what the remote holds when that was all to land.
+
+    Seen since it joined, a ref that is gone was carried. Never seen, it may
+    have been carried before this sync first looked, or be hidden from
+    fetches: taking it out asks the remote (git: "stale info" if it is gone).
+    With commits made since, `queue.after` says where they start.
+    """
+    ref, held = queue.mine, queue.commit
+    if not queue.seen:
+        became = _leave(clone, queue, timeout(), log)
+        if became is _Withdrawn.FAILED:
+            raise Transient(f"could not tell whether {ref} was carried")
+        if became is _Withdrawn.OUT:
+            queue.off = "the remote does not show the queue's refs to fetches"
+            say(log, f"sync attempt {number}: {queue.off}: landing alone from now on")
+            return None
+    assert ref is not None and held is not None  # by Queue.gone
+    queue.landed()
+    who = ("a push (this sync's own, whose answer was lost, or another machine's)"
+           if queue.unsure else "another machine's push")  # fmt: skip
+    say(log, f"sync attempt {number}: {who} landed {held[:10]} (waiting in {ref}) "
+             f"on {clone.where}")  # fmt: skip
+    if head != held:
+        queue.after = held  # the commits made since land on top of it
+        return None
+    checkout.follow(clone, head, remote_tip, log)
+    return remote_tip
+
+
 def _nothing_to_push(
     clone: Clone, queue: Queue, mine: dict[str, str], *, remote_tip: str, number: int,
     timeout: Callable[[], float], log: TextIO,
 ) -> str | None:  # fmt: skip
     """Every local change is upstream already; what the remote holds, if a push of ours did it.
 
-    With this sync's ref still in view, either a fetch saw the ref before the
-    push that carried it deleted it, or a push of this sync landed and then
-    failed to say so. Taking the ref out tells which.
+    ``mine``: this clone's refs still in view, this sync's own or a killed
+    sync's; their commits are upstream, so they go. For this sync's own,
+    either a fetch saw the ref before the push that carried it deleted it,
+    or a push of this sync landed and then failed to say so: taking the ref
+    out tells which.
     """
-    if not mine:
+    carried = False
+    for ref, held in mine.items():
+        if ref == queue.mine:
+            carried = _leave(clone, queue, timeout(), log) is _Withdrawn.GONE
+        else:
+            _withdraw(clone, ref, held, timeout(), log)
+    if not carried:
         return None
-    ref = queue.mine
-    if _withdraw(clone, queue, timeout(), log) is not _Withdrawn.GONE:
-        return None
-    say(log, f"sync attempt {number}: another machine's push landed these commits (waiting in "
-             f"{ref}) on {clone.where}")  # fmt: skip
-    return remote_tip
-
-
-def _carried(
-    clone: Clone, ref: str | None, head: str, remote_tip: str, *, number: int, log: TextIO
-) -> str:
-    """Another machine's push landed this sync's commits (from ``ref``): HEAD to the branch."""
-    checkout.follow(clone, head, remote_tip, log)
-    say(log, f"sync attempt {number}: another machine's push landed {head[:10]} "
-             f"(waiting in {ref}) on {clone.where}")  # fmt: skip
+    say(log, f"sync attempt {number}: another machine's push landed these commits on "
+             f"{clone.where}")  # fmt: skip
     return remote_tip
 
 
@@ -447,6 +466,7 @@ def _push(
     try:
         push(clone, head, timeout(), carried)
     except Transient:
+        queue.unsure = queue.unsure or queue.mine in carried
         if join is not None:
             _join(clone, queue, join, timeout=timeout(), log=log)
         raise
@@ -465,17 +485,30 @@ class _Withdrawn(enum.Enum):
     FAILED = "still there: the remote did not take the deletion"
 
 
-def _withdraw(clone: Clone, queue: Queue, timeout: float, log: TextIO) -> _Withdrawn:
-    """Take this sync's ref out of the queue (leased on its commit); what became of it."""
-    ref, commit = queue.mine, queue.commit
-    result = _network(clone, "push", "--quiet", f"--force-with-lease={ref}:{commit}",
-                      clone.remote, f":{ref}", timeout=timeout)  # fmt: skip
-    if result.returncode == 0 or "(stale info)" in result.stderr:
-        queue.landed()
-        return _Withdrawn.OUT if result.returncode == 0 else _Withdrawn.GONE
+def _withdraw(clone: Clone, ref: str, commit: str, timeout: float, log: TextIO) -> _Withdrawn:
+    """Take a ref out of the queue (leased on its commit); what became of it."""
+    try:
+        result = _network(clone, "push", "--quiet", f"--force-with-lease={ref}:{commit}",
+                          clone.remote, f":{ref}", timeout=timeout)  # fmt: skip
+    except Transient as failure:  # timed out: outside the retry loop, one line like the rest
+        result = git.Result(-1, b"", failure.reason)
+    if result.returncode == 0:
+        return _Withdrawn.OUT
+    if "(stale info)" in result.stderr:
+        return _Withdrawn.GONE
     say(log, f"could not take {ref} out of the queue ({classify(result.stderr).reason}); "
              f"`git push {clone.remote} :{ref}` deletes it")  # fmt: skip
     return _Withdrawn.FAILED
+
+
+def _leave(clone: Clone, queue: Queue, timeout: float, log: TextIO) -> _Withdrawn:
+    """Take this sync's own ref out of the queue, if it still waits there."""
+    if queue.mine is None or queue.commit is None:
+        return _Withdrawn.OUT
+    became = _withdraw(clone, queue.mine, queue.commit, timeout, log)
+    if became is not _Withdrawn.FAILED:
+        queue.landed()
+    return became
 
 
 def _join(clone: Clone, queue: Queue, head: str, *, timeout: float, log: TextIO) -> None:
@@ -483,7 +516,11 @@ def _join(clone: Clone, queue: Queue, head: str, *, timeout: float, log: TextIO)
     if queue.mine is not None or queue.off:
         return
     name = queue.new_name()
-    result = _network(clone, "push", "--quiet", clone.remote, f"{head}:{name}", timeout=timeout)
+    try:
+        result = _network(clone, "push", "--quiet", clone.remote, f"{head}:{name}",
+                          timeout=timeout)  # fmt: skip
+    except Transient as failure:  # timed out: outside the retry loop before the first attempt
+        result = git.Result(-1, b"", failure.reason)
     if result.returncode == 0:
         queue.joined(name, head)
         say(log, f"{head[:10]} waits in {name} for the next push to carry it")

@@ -528,3 +528,130 @@ def test_a_push_url_elsewhere_turns_the_queue_off(
     (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin", "ivy"))
     _, log, _ = run(laptop)
     assert "carrying 1 other machines' waiting commits" in log
+
+
+# --- a landed commit never lands twice (found by the second review) -----------------------
+
+
+def carry_then_readd_bob(laptop: Path, third: Path, origin: Path) -> None:
+    """The laptop's sync carries the server's deletion of bob; then a third machine re-adds him."""
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    sync(repo=laptop, sleep=lambda _: None, log=io.StringIO())
+    assert "bob" not in names_on(origin)
+    gitrepo.git(third, "pull", "--quiet", "origin", "main")
+    data = (third / "memory.jsonl").read_bytes()
+    gitrepo.commit_file(third, "memory.jsonl", data + b"\n" + gitrepo.entity("bob"), "re-add bob")
+    gitrepo.git(third, "push", "--quiet", "origin", "HEAD:main")
+
+
+def test_commits_made_while_waiting_land_on_top_of_the_carried_one(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's deletion of bob waits in the queue; another push carries it; bob is re-added;
+    # meanwhile the user commits on the server. The deletion must not be applied a second time.
+    laptop, server = pair
+    without_bob = memory(*(name for name in SEED if name != "bob"))
+    (server / "memory.jsonl").write_bytes(without_bob)
+    lose_first_push(monkeypatch)
+    done: list[bool] = []
+
+    def meanwhile(_: float) -> None:
+        if not done:
+            done.append(True)
+            carry_then_readd_bob(laptop, third, origin)
+            gitrepo.commit_file(server, "memory-notes.jsonl", memory("zed"), "the user's own")
+
+    result, log, _ = run(server, meanwhile, paths=[Path("memory.jsonl")])
+    assert "another machine's push landed" in log
+    assert "bob" in names_on(origin)  # his re-add stands
+    assert b"zed" in gitrepo.git(origin, "show", "main:memory-notes.jsonl").encode()
+    assert result.commit == gitrepo.head(server)
+    assert gitrepo.git(origin, "log", "-1", "--format=%s", "main").strip() == "the user's own"
+
+
+def test_an_interrupted_sync_s_next_run_knows_its_commits_were_carried(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    without_bob = memory(*(name for name in SEED if name != "bob"))
+    (server / "memory.jsonl").write_bytes(without_bob)
+    lose_first_push(monkeypatch)
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while waiting in the queue
+
+    with pytest.raises(KeyboardInterrupt):
+        run(server, interrupted)
+    assert (server / ".git" / pending_module.QUEUED).exists()
+    carry_then_readd_bob(laptop, third, origin)
+    result, log, _ = run(server)  # the next sync in that clone
+    assert "another machine's push landed" in log
+    assert result.commit == gitrepo.head(server) == gitrepo.git(origin, "rev-parse", "main").strip()
+    assert "bob" in names_on(origin)  # not deleted a second time
+    assert not (server / ".git" / pending_module.QUEUED).exists()
+
+
+def test_a_timeout_while_taking_the_ref_out_is_still_one_line(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, server = pair
+    slow = tmp_path / "slow"
+    script = tmp_path / "slow-receive-pack"
+    script.write_text(
+        f'#!/bin/sh\nif [ -e {slow} ]; then sleep 5; fi\nexec git-receive-pack "$@"\n'
+    )
+    script.chmod(0o755)
+    gitrepo.git(server, "config", "remote.origin.receivepack", str(script))
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+    with pytest.raises(GaveUpError, match="still there: the remote did not take the deletion"):
+        run(server, lambda _: slow.write_text(""), attempts=2, deadline=2)
+
+
+def test_a_killed_sync_s_ref_on_the_branch_goes_when_the_clone_is_behind(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    laptop, _ = pair
+    seed = gitrepo.git(origin, "rev-parse", "main").strip()
+    gitrepo.git(origin, "update-ref", f"{QUEUE}{made()}.old.1.aa", seed)  # its commit is on main
+    gitrepo.commit_file(third, "memory.jsonl", memory(*SEED, "grace"), "grace")
+    gitrepo.git(third, "push", "--quiet", "origin", "HEAD:main")  # the laptop is behind
+    result, log, _ = run(laptop)
+    assert result.commit is None and "could not" not in log
+    assert waiting_refs(origin) == {}
+
+
+def test_a_landing_whose_answer_was_lost_is_not_credited_to_another_machine(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    push = sync_module.push
+    calls: list[str] = []
+
+    def lose_then_land_and_hang_up(
+        clone: Clone, head: str, timeout: float, carried: dict[str, str]
+    ) -> None:
+        calls.append(head)
+        if len(calls) == 1:
+            raise Transient("push failed: rejected: the remote moved on")
+        push(clone, head, timeout, carried)
+        if len(calls) == 2:
+            raise Transient("push failed: the remote hung up")
+
+    monkeypatch.setattr(sync_module, "push", lose_then_land_and_hang_up)
+    _, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    result, log, _ = run(server)
+    assert "a push (this sync's own, whose answer was lost, or another machine's) landed" in log
+    assert result.commit == gitrepo.head(server) and names_on(origin) == {*SEED, "frank"}
+
+
+def test_a_sync_that_joined_and_then_created_the_branch_leaves_no_ref(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, server = pair
+    monkeypatch.setattr(sync_module, "WAIT_CROWD_FROM", -1.0)  # joins before its first attempt
+    gitrepo.git(origin, "update-ref", "-d", "refs/heads/main")  # the branch is gone upstream
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    result, log, _ = run(server)
+    assert "waits in" in log and result.commit == gitrepo.head(server)
+    assert waiting_refs(origin) == {}
