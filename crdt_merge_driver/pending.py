@@ -29,10 +29,12 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import orjson
 
-from crdt_merge_driver.clone import Clone
+from crdt_merge_driver.clone import Clone, read_objects
 
 NAMESPACE = "refs/crdt-merge-driver/pending"
 # In the git folder (per worktree): the ref this clone's commits wait in, and the commit.
@@ -41,6 +43,19 @@ QUEUED = "crdt-merge-driver-sync.queued"
 # first's ref may be (`Queue.leader`).
 PATIENCE = 8.0
 _SEEN = "refs/crdt-merge-driver/seen"
+# The record of carried refs: a blob of "<ref> <commit>" lines, newest first, per branch.
+# It sorts after the queue, as git lists refs: a fetch that sees a ref gone sees its record.
+RECORD = "refs/crdt-merge-driver/record"
+_RECORD_SEEN = "refs/crdt-merge-driver/seen-record"
+RECORD_LINES = 512
+
+
+class Record(NamedTuple):
+    """What a push that empties the queue writes to the record: its ref, old blob, new blob."""
+
+    ref: str
+    old: str  # "" when there is none yet
+    new: str
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -51,11 +66,12 @@ class Queue:
         self.clone = clone
         self.remote_prefix = f"{NAMESPACE}/{_escape(clone.branch)}/"
         self.seen_prefix = f"{_SEEN}/{_escape(clone.remote)}/{_escape(clone.branch)}/"
+        self.record_ref = f"{RECORD}/{_escape(clone.branch)}/carried"
+        self.record_seen = f"{_RECORD_SEEN}/{_escape(clone.remote)}/{_escape(clone.branch)}/carried"
         self.mine: str | None = None  # the ref this sync's commits wait in, once pushed
         self.commit: str | None = None  # the commit it holds
         self.off: str | None = None  # why the queue is off (the remote refused it)
         self.waited = 0.0  # seconds this sync has waited since it joined (the loop adds)
-        self.seen = False  # whether a fetch since it joined showed its ref
         self.unsure = False  # whether a push that deleted its ref failed without a clear answer
         self.after: str | None = None  # a commit of this clone the queue landed (rewritten)
         # The place outlives the sync: a sync interrupted while waiting leaves it for the
@@ -84,8 +100,30 @@ class Queue:
         return self.clone.git("remote", "get-url", *options, self.clone.remote).stdout
 
     def refspecs(self) -> list[str]:
-        """What `fetch` adds to the branch's refspec: every waiting ref, pruned when gone."""
-        return [] if self.off else [f"+{self.remote_prefix}*:{self.seen_prefix}*"]
+        """What `fetch` adds to the branch's refspec: every waiting ref (pruned when gone), and
+        the record of those carried (a pattern, so that a remote without one is no error)."""
+        if self.off:
+            return []
+        record = self.record_ref.removesuffix("carried")
+        seen = self.record_seen.removesuffix("carried")
+        return [f"+{self.remote_prefix}*:{self.seen_prefix}*", f"+{record}*:{seen}*"]
+
+    def _record(self) -> tuple[str, list[bytes]]:
+        """The record as last fetched: its blob ("" if none) and its lines."""
+        found = read_objects(self.clone, [self.record_seen])[0]
+        return (found.oid, found.data.splitlines()) if found else ("", [])
+
+    def record(self, carried: Mapping[str, str]) -> Record:
+        """The record with ``carried`` added, written; for the push that carries them."""
+        old, lines = self._record()
+        entries = [f"{ref} {commit}".encode() for ref, commit in carried.items()]
+        data = b"".join(line + b"\n" for line in [*entries, *lines][:RECORD_LINES])
+        new = self.clone.git("hash-object", "-w", "--stdin", stdin=data).stdout.decode().strip()
+        return Record(self.record_ref, old, new)
+
+    def was_carried(self) -> bool:
+        """Whether the record says a push landed this sync's commits from its ref."""
+        return f"{self.mine} {self.commit}".encode() in self._record()[1]
 
     def new_name(self) -> str:
         # The time first (milliseconds, fixed width), so that refs sort oldest first.
@@ -147,10 +185,7 @@ class Queue:
     def gone(self, waiting: dict[str, str], head: str) -> bool:
         """Whether this sync's ref has left the queue, with HEAD on or after the commit it holds.
 
-        Seen in a fetch since it joined, a ref that is gone has landed: refs
-        leave the queue only in the push that lands them. Never seen, it may
-        also be hidden from fetches (``uploadpack.hideRefs``): the caller
-        asks the remote before it believes it.
+        Gone is not landed: the caller asks the record (`was_carried`).
         """
         if self.mine is None or self.commit is None or self.off or self.mine in waiting:
             return False  # off, the queue is not fetched: gone from view, not from the remote
@@ -163,9 +198,6 @@ class Queue:
         """This sync's ref left the queue: carried, deleted with its landing, or taken out."""
         self.mine = self.commit = None
         self.mark.unlink(missing_ok=True)
-
-    def look(self, waiting: dict[str, str]) -> None:
-        self.seen = self.seen or self.mine in waiting
 
 
 def _made(ref: str, prefix: str) -> str:

@@ -43,7 +43,7 @@ from crdt_merge_driver.clone import (
 from crdt_merge_driver.errors import CrdtError, GaveUpError, GitError
 from crdt_merge_driver.guard import check_files, check_push, passes
 from crdt_merge_driver.lock import LOCK, lock
-from crdt_merge_driver.pending import Queue
+from crdt_merge_driver.pending import Queue, Record
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
 from crdt_merge_driver.replay import Files, Memo, replay, replayable
 from crdt_merge_driver.verdict import MISSING_BRANCH, NO_ATOMIC, Transient, classify
@@ -356,7 +356,6 @@ def attempt_once(
         landed = _carried(clone, queue, head, remote_tip, number=number, timeout=timeout, log=log)
         if landed is not None:
             return landed
-    queue.look(waiting)
     leader = queue.leader(waiting)
     if leader is not None and remote_tip != head:
         raise Transient(f"waiting for {leader.removeprefix(queue.remote_prefix)}, first in the "
@@ -406,21 +405,20 @@ def _carried(
 ) -> str | None:  # fmt: skip
     """This sync's ref is gone: if carried, what the remote holds when that was all to land.
 
-    Seen since it joined, a ref that is gone was carried. Never seen, it may
-    have been carried before this sync first looked, or be hidden from
-    fetches: taking it out asks the remote (git: "stale info" if it is gone).
-    With commits made since, `queue.after` says where they start.
+    Only the record says a ref was carried: a ref can also go by hand, with a
+    mirror push, or be hidden from fetches. Not on record, the sync fetches
+    once more (in case it read the two at different moments), then lands
+    alone. With commits made since, `queue.after` says where they start.
     """
     ref, held = queue.mine, queue.commit
-    if not queue.seen:
-        became = _leave(clone, queue, timeout(), log)
-        if became is _Withdrawn.FAILED:
-            raise Transient(f"could not tell whether {ref} was carried")
-        if became is _Withdrawn.OUT:
-            queue.off = "the remote does not show the queue's refs to fetches"
+    assert ref is not None and held is not None  # by Queue.gone
+    if not queue.was_carried():
+        if not (fetch(clone, timeout(), queue) and queue.was_carried()):
+            queue.off = (f"{ref} left the queue without landing (deleted by hand or by a "
+                         "mirror push, or hidden from fetches)")  # fmt: skip
             say(log, f"sync attempt {number}: {queue.off}: landing alone from now on")
             return None
-    assert ref is not None and held is not None  # by Queue.gone
+        remote_tip = _revision(clone, clone.tracking) or remote_tip
     queue.landed()
     who = ("a push (this sync's own, whose answer was lost, or another machine's)"
            if queue.unsure else "another machine's push")  # fmt: skip
@@ -464,7 +462,7 @@ def _push(
 ) -> None:  # fmt: skip
     """`push`; when it loses the race, ``join`` (the local commits) waits in the queue."""
     try:
-        push(clone, head, timeout(), carried)
+        push(clone, head, timeout(), carried, record=queue.record(carried) if carried else None)
     except Transient:
         queue.unsure = queue.unsure or queue.mine in carried
         if join is not None:
@@ -587,17 +585,25 @@ def fetch(clone: Clone, timeout: float, queue: Queue | None = None) -> bool:
     return True
 
 
-def push(clone: Clone, head: str, timeout: float, carried: Mapping[str, str] | None = None) -> None:
+def push(
+    clone: Clone, head: str, timeout: float, carried: Mapping[str, str] | None = None, *,
+    record: Record | None = None,
+) -> None:  # fmt: skip
     """Push ``head`` to the branch; with ``carried``, delete those waiting refs in the same push.
 
-    Each deletion is leased on the commit that was carried, and the push is
-    atomic: the branch moves and the refs go together, or nothing happens.
+    Each deletion is leased on the commit that was carried, the ``record`` of
+    carried refs moves with them (leased on the one fetched), and the push is
+    atomic: the branch moves, the refs go and the record grows together, or
+    nothing happens.
     """
     leases = [f"--force-with-lease={ref}:{commit}" for ref, commit in (carried or {}).items()]
-    deletions = [f":{ref}" for ref in carried or {}]
+    refspecs = [f":{ref}" for ref in carried or {}]
+    if record is not None:
+        leases.append(f"--force-with-lease={record.ref}:{record.old}")
+        refspecs.append(f"{record.new}:{record.ref}")
     result = _network(
-        clone, "push", "--quiet", *(["--atomic", *leases] if carried else []), clone.remote,
-        f"{head}:refs/heads/{clone.branch}", *deletions, timeout=timeout,
+        clone, "push", "--quiet", *(["--atomic", *leases] if leases else []), clone.remote,
+        f"{head}:refs/heads/{clone.branch}", *refspecs, timeout=timeout,
     )  # fmt: skip
     if result.returncode == 0:
         return

@@ -21,7 +21,7 @@ from crdt_merge_driver import pending as pending_module
 from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver.clone import Clone
 from crdt_merge_driver.errors import GaveUpError, GitError
-from crdt_merge_driver.pending import NAMESPACE, Queue
+from crdt_merge_driver.pending import NAMESPACE, Queue, Record
 from crdt_merge_driver.sync import SyncResult, Transient, sync
 from tests import gitrepo
 from tests.test_sync import SEED, memory, names_on, origin, pair, remote_file
@@ -72,11 +72,14 @@ def lose_first_push(monkeypatch: pytest.MonkeyPatch) -> None:
     push = sync_module.push
     lost: list[str] = []
 
-    def lose_once(clone: Clone, head: str, timeout: float, carried: dict[str, str]) -> None:
+    def lose_once(
+        clone: Clone, head: str, timeout: float, carried: dict[str, str],
+        record: Record | None = None,
+    ) -> None:
         if not lost:
             lost.append(head)
             raise Transient("push failed: rejected: the remote moved on")
-        push(clone, head, timeout, carried)
+        push(clone, head, timeout, carried, record=record)
 
     monkeypatch.setattr(sync_module, "push", lose_once)
 
@@ -384,7 +387,9 @@ def test_names_are_escaped_so_branches_never_share_a_queue() -> None:
     queue = Queue(clone)
     assert queue.remote_prefix == f"{NAMESPACE}/feature%2Fx%25y/"
     assert queue.refspecs() == [
-        f"+{NAMESPACE}/feature%2Fx%25y/*:refs/crdt-merge-driver/seen/up%2Fstream/feature%2Fx%25y/*"
+        f"+{NAMESPACE}/feature%2Fx%25y/*:refs/crdt-merge-driver/seen/up%2Fstream/feature%2Fx%25y/*",
+        "+refs/crdt-merge-driver/record/feature%2Fx%25y/*"
+        ":refs/crdt-merge-driver/seen-record/up%2Fstream/feature%2Fx%25y/*",
     ]
     name = queue.new_name()
     assert name.startswith(queue.remote_prefix)
@@ -429,7 +434,7 @@ def test_a_remote_that_hides_the_queue_from_fetches_turns_it_off(
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     lose_first_push(monkeypatch)
     result, log, _ = run(server)
-    assert "the remote does not show the queue's refs to fetches" in log
+    assert "left the queue without landing" in log and "landing alone" in log
     assert "another machine's push landed" not in log
     assert result.commit == gitrepo.head(server) and names_on(origin) == {*SEED, "frank"}
     assert waiting_refs(origin) == {}  # taken out once the commits landed
@@ -442,9 +447,10 @@ def test_a_push_that_landed_but_said_it_failed_leaves_no_ref(
     calls: list[str] = []
 
     def land_then_hang_up(
-        clone: Clone, head: str, timeout: float, carried: dict[str, str]
+        clone: Clone, head: str, timeout: float, carried: dict[str, str],
+        record: Record | None = None,
     ) -> None:
-        push(clone, head, timeout, carried)
+        push(clone, head, timeout, carried, record=record)
         if not calls:
             calls.append(head)
             raise Transient("push failed: the remote hung up")
@@ -628,12 +634,13 @@ def test_a_landing_whose_answer_was_lost_is_not_credited_to_another_machine(
     calls: list[str] = []
 
     def lose_then_land_and_hang_up(
-        clone: Clone, head: str, timeout: float, carried: dict[str, str]
+        clone: Clone, head: str, timeout: float, carried: dict[str, str],
+        record: Record | None = None,
     ) -> None:
         calls.append(head)
         if len(calls) == 1:
             raise Transient("push failed: rejected: the remote moved on")
-        push(clone, head, timeout, carried)
+        push(clone, head, timeout, carried, record=record)
         if len(calls) == 2:
             raise Transient("push failed: the remote hung up")
 
@@ -655,3 +662,33 @@ def test_a_sync_that_joined_and_then_created_the_branch_leaves_no_ref(
     result, log, _ = run(server)
     assert "waits in" in log and result.commit == gitrepo.head(server)
     assert waiting_refs(origin) == {}
+
+
+def test_a_ref_deleted_by_hand_is_not_taken_for_carried(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the record of carried refs says a ref was carried; gone alone proves nothing.
+    _, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
+    lose_first_push(monkeypatch)
+
+    def someone_deletes_the_queue(_: float) -> None:
+        for ref in waiting_refs(origin):
+            gitrepo.git(origin, "update-ref", "-d", ref)
+
+    result, log, _ = run(server, someone_deletes_the_queue)
+    assert "left the queue without landing (deleted by hand" in log
+    assert "another machine's push landed" not in log
+    assert result.commit == gitrepo.head(server) and names_on(origin) == {*SEED, "frank"}
+
+
+def test_the_record_names_every_carried_ref(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    laptop, server = pair
+    first = queue_commit(server, "server.1.aa", "frank")
+    second = queue_commit(third, "runner.2.bb", "grace")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    record = gitrepo.git(origin, "cat-file", "-p", "refs/crdt-merge-driver/record/main/carried")
+    assert record.splitlines() == [f"{QUEUE}runner.2.bb {second}", f"{QUEUE}server.1.aa {first}"]

@@ -36,7 +36,7 @@ from crdt_merge_driver import replay as replay_module
 from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver import verdict as verdict_module
 from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
-from crdt_merge_driver.pending import Queue
+from crdt_merge_driver.pending import Queue, Record
 from crdt_merge_driver.sync import (
     LOCK,
     REBASE_MARK,
@@ -1518,12 +1518,13 @@ def test_an_attempt_that_loses_the_race_leaves_head_where_it_was(
     at_push: list[str] = []
 
     def lose_once(
-        clone: clone_module.Clone, head: str, timeout: float, carried: dict[str, str]
+        clone: clone_module.Clone, head: str, timeout: float, carried: dict[str, str],
+        record: Record | None = None,
     ) -> None:
         at_push.append(gitrepo.head(server))
         if len(at_push) == 1:
             raise Transient("push failed: rejected: the remote moved on")
-        push(clone, head, timeout, carried)
+        push(clone, head, timeout, carried, record=record)
 
     monkeypatch.setattr(sync_module, "push", lose_once)
     result, _, _ = run(server)

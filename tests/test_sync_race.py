@@ -97,7 +97,7 @@ def check_landed(
     assert relations == {(own_entities(i)[0], "knows", "alice") for i in range(count)}
     assert b"<<<<<<<" not in final
     # every commit that waited in the queue (pending.py) landed, and its ref went with it
-    assert gitrepo.git(remote, "for-each-ref", "refs/crdt-merge-driver/") == ""
+    assert gitrepo.git(remote, "for-each-ref", "refs/crdt-merge-driver/pending/") == ""
     for result in done:
         assert "crdt-merge-driver: synced: origin/main is at" in result.stderr.splitlines()[-1]
 
