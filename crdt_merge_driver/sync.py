@@ -451,8 +451,8 @@ def _nothing_to_push(
             _withdraw(clone, ref, held, timeout(), log)
     if not carried:
         return None
-    say(log, f"sync attempt {number}: another machine's push landed these commits on "
-             f"{clone.where}")  # fmt: skip
+    say(log, f"sync attempt {number}: these commits are on {clone.where} already (another "
+             "machine's push carried them)")  # fmt: skip
     return remote_tip
 
 
@@ -479,7 +479,7 @@ def _push(
 
 class _Withdrawn(enum.Enum):
     OUT = "taken out of the queue"
-    GONE = "gone already: a push that landed its commits deleted it"
+    GONE = "gone already: carried by another machine's push, or deleted"
     FAILED = "still there: the remote did not take the deletion"
 
 
