@@ -11,11 +11,12 @@ touches and so is never rejected:
 Every sync fetches these refs with the branch (into ``refs/crdt-merge-
 driver/seen/<remote>/<branch>/``), replays the waiting commits after its own
 (replay.py), and pushes the branch and the deletion of each ref it carried
-in one ``git push --atomic``, each deletion leased on the commit it carried.
-So a ref disappears only in the same push that lands its commits (git's
-files backend writes the branch before it deletes), and a writer that finds
-its ref gone has landed. Branch and remote names are escaped (``%`` and
-``/``) so that one branch's refs never match another's pattern.
+in one ``git push --atomic``, each deletion leased on the commit it carried,
+with a record of what it carried (``refs/crdt-merge-driver/record/<branch>/
+carried``). A writer that finds its ref gone looks itself up in the record:
+only there is it carried (a ref can also be deleted by hand). Branch and
+remote names are escaped (``%`` and ``/``) so that one branch's refs never
+match another's pattern.
 
 A remote that refuses these refs (a hook, a host that allows only
 branches) turns the queue off for the rest of the sync: each writer then
@@ -47,7 +48,7 @@ _SEEN = "refs/crdt-merge-driver/seen"
 # It sorts after the queue, as git lists refs: a fetch that sees a ref gone sees its record.
 RECORD = "refs/crdt-merge-driver/record"
 _RECORD_SEEN = "refs/crdt-merge-driver/seen-record"
-RECORD_LINES = 512
+RECORD_LINES = 2048
 
 
 class Record(NamedTuple):
@@ -73,10 +74,9 @@ class Queue:
         self.off: str | None = None  # why the queue is off (the remote refused it)
         self.waited = 0.0  # seconds this sync has waited since it joined (the loop adds)
         self.unsure = False  # whether a push that deleted its ref failed without a clear answer
-        self.after: str | None = None  # a commit of this clone the queue landed (rewritten)
         # The place outlives the sync: a sync interrupted while waiting leaves it for the
         # next sync in this clone, which must not land the same commits a second time.
-        self.mark = clone.git_dir / QUEUED
+        self.mark = clone.git_dir / f"{QUEUED}.{_escape(clone.remote)}.{_escape(clone.branch)}"
 
     def resume(self) -> None:
         """Take up the place a sync interrupted while waiting left in this clone, if any."""
@@ -86,6 +86,14 @@ class Queue:
             return
         if isinstance(place, dict) and place.get("ref", "").startswith(self.remote_prefix):
             self.mine, self.commit = str(place["ref"]), str(place.get("commit"))
+
+    def settle(self, head: str) -> None:
+        """Give up a place whose commits the local branch no longer holds (moved on, reset)."""
+        if self.commit is None or head == self.commit:
+            return
+        held = self.clone.git("merge-base", "--is-ancestor", self.commit, head, check=False)
+        if held.returncode != 0:
+            self.landed()
 
     def check_urls(self) -> None:
         """Off when pushes go elsewhere than fetches: a fetch would not show what was pushed."""
@@ -182,22 +190,22 @@ class Queue:
                                 f"--merged={head}", self.seen_prefix).stdout.decode()  # fmt: skip
         return self._named(listed)
 
-    def gone(self, waiting: dict[str, str], head: str) -> bool:
-        """Whether this sync's ref has left the queue, with HEAD on or after the commit it holds.
+    def gone(self, waiting: dict[str, str]) -> bool:
+        """Whether this sync's ref has left the queue (after `settle`: HEAD holds its commit).
 
-        Gone is not landed: the caller asks the record (`was_carried`).
+        Gone is not landed: the caller asks the record (`was_carried`). Off,
+        the queue is not fetched: its refs are gone from view, not from the remote.
         """
-        if self.mine is None or self.commit is None or self.off or self.mine in waiting:
-            return False  # off, the queue is not fetched: gone from view, not from the remote
-        if head == self.commit:
-            return True
-        ancestor = self.clone.git("merge-base", "--is-ancestor", self.commit, head, check=False)
-        return ancestor.returncode == 0  # commits made since: they land on top
+        return self.mine is not None and not self.off and self.mine not in waiting
 
     def landed(self) -> None:
-        """This sync's ref left the queue: carried, deleted with its landing, or taken out."""
-        self.mine = self.commit = None
+        """This sync's ref left the queue, and what became of its commits is settled."""
+        self.forget()
         self.mark.unlink(missing_ok=True)
+
+    def forget(self) -> None:
+        """This sync's ref is gone, its fate unsettled: the mark stays for the next sync."""
+        self.mine = self.commit = None
 
 
 def _made(ref: str, prefix: str) -> str:

@@ -46,7 +46,7 @@ from crdt_merge_driver.lock import LOCK, lock
 from crdt_merge_driver.pending import Queue, Record
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
 from crdt_merge_driver.replay import Files, Memo, replay, replayable
-from crdt_merge_driver.verdict import MISSING_BRANCH, NO_ATOMIC, Transient, classify
+from crdt_merge_driver.verdict import MISSING_BRANCH, NO_ATOMIC, Transient, classify, refused
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
 __all__ = [
@@ -352,10 +352,13 @@ def attempt_once(
     if head is None:
         return None  # an unborn branch with nothing committed
     waiting = queue.waiting() if fetched else {}
-    if remote_tip is not None and queue.gone(waiting, head):
-        landed = _carried(clone, queue, head, remote_tip, number=number, timeout=timeout, log=log)
+    queue.settle(head)
+    if remote_tip is not None and queue.gone(waiting):
+        landed = _carried(clone, queue, head, remote_tip, number=number, timeout=timeout,
+                          log=log, memo=memo)  # fmt: skip
         if landed is not None:
             return landed
+        head = _revision(clone, "HEAD") or head
     leader = queue.leader(waiting)
     if leader is not None and remote_tip != head:
         raise Transient(f"waiting for {leader.removeprefix(queue.remote_prefix)}, first in the "
@@ -368,15 +371,14 @@ def attempt_once(
             return passes(clone, files, allow_mass_delete=False)
 
         replayed = replay(clone, head, remote_tip, memo, list(dict.fromkeys(others.values())),
-                          accept=acceptable, after=queue.after)  # fmt: skip
+                          accept=acceptable)  # fmt: skip
         if replayed is not None:
             if replayed.head != remote_tip:
                 check_files(clone, replayed.files, allow_mass_delete=allow_mass_delete)
                 carried = {ref: commit for ref, commit in others.items()
                            if commit in replayed.carried}  # fmt: skip
-                # Not after a part of them landed: the queue would carry that part again.
                 _push(clone, queue, replayed.head, {**mine, **carried}, timeout=timeout, log=log,
-                      join=None if queue.after else head)
+                      join=head)
             checkout.follow(clone, head, replayed.head, log)
             if replayed.head == remote_tip:
                 return _nothing_to_push(clone, queue, mine, remote_tip=remote_tip,
@@ -387,7 +389,7 @@ def attempt_once(
                      f"{carrying}")  # fmt: skip
             return replayed.head
         mine.update(queue.contained(head) if waiting else {})  # a killed sync's, say
-        rebase(clone, remote_tip, log, after=queue.after)  # a fast-forward when only behind
+        rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
         memo.forget()
         head = _revision(clone, "HEAD") or head
     if head == remote_tip:
@@ -401,14 +403,17 @@ def attempt_once(
 
 def _carried(
     clone: Clone, queue: Queue, head: str, remote_tip: str, *, number: int,
-    timeout: Callable[[], float], log: TextIO,
+    timeout: Callable[[], float], log: TextIO, memo: Memo,
 ) -> str | None:  # fmt: skip
     """This sync's ref is gone: if carried, what the remote holds when that was all to land.
 
     Only the record says a ref was carried: a ref can also go by hand, with a
     mirror push, or be hidden from fetches. Not on record, the sync fetches
     once more (in case it read the two at different moments), then lands
-    alone. With commits made since, `queue.after` says where they start.
+    alone. Commits made since the carried one are moved onto the branch at
+    once (as ``git rebase --onto BRANCH CARRIED`` would), before the place
+    in the queue is given up: from then on the carried commit is not a local
+    one, so no later attempt, and no later sync, lands it a second time.
     """
     ref, held = queue.mine, queue.commit
     assert ref is not None and held is not None  # by Queue.gone
@@ -417,18 +422,27 @@ def _carried(
             queue.off = (f"{ref} left the queue without landing (deleted by hand or by a "
                          "mirror push, or hidden from fetches)")  # fmt: skip
             say(log, f"sync attempt {number}: {queue.off}: landing alone from now on")
+            if _withdraw(clone, ref, held, timeout(), log) is not _Withdrawn.FAILED:
+                queue.landed()  # settled: the commits are this clone's alone to land
             return None
         remote_tip = _revision(clone, clone.tracking) or remote_tip
-    queue.landed()
     who = ("a push (this sync's own, whose answer was lost, or another machine's)"
            if queue.unsure else "another machine's push")  # fmt: skip
     say(log, f"sync attempt {number}: {who} landed {held[:10]} (waiting in {ref}) "
              f"on {clone.where}")  # fmt: skip
-    if head != held:
-        queue.after = held  # the commits made since land on top of it
-        return None
-    checkout.follow(clone, head, remote_tip, log)
-    return remote_tip
+    if head == held:
+        checkout.follow(clone, head, remote_tip, log)
+        queue.landed()
+        return remote_tip
+    replayed = replay(clone, head, remote_tip, memo, after=held)
+    if replayed is not None:
+        checkout.follow(clone, head, replayed.head, log)
+    else:
+        rebase(clone, remote_tip, log, after=held)
+    memo.forget()
+    queue.landed()
+    say(log, f"sync attempt {number}: the commits made since are now on top of {clone.where}")
+    return None
 
 
 def _nothing_to_push(
@@ -451,8 +465,8 @@ def _nothing_to_push(
             _withdraw(clone, ref, held, timeout(), log)
     if not carried:
         return None
-    say(log, f"sync attempt {number}: these commits are on {clone.where} already (another "
-             "machine's push carried them)")  # fmt: skip
+    say(log, f"sync attempt {number}: these commits are on {clone.where} already, and their "
+             "place in the queue is gone")  # fmt: skip
     return remote_tip
 
 
@@ -463,9 +477,11 @@ def _push(
     """`push`; when it loses the race, ``join`` (the local commits) waits in the queue."""
     try:
         push(clone, head, timeout(), carried, record=queue.record(carried) if carried else None)
-    except Transient:
-        queue.unsure = queue.unsure or queue.mine in carried
-        if join is not None:
+    except Transient as failure:
+        queue.unsure = queue.unsure or failure.unclear
+        # Only after a clear refusal: a push whose answer was lost may have landed these
+        # commits, and the queue would then land them a second time.
+        if join is not None and not failure.unclear:
             _join(clone, queue, join, timeout=timeout(), log=log)
         raise
     except GitError as refusal:
@@ -504,8 +520,10 @@ def _leave(clone: Clone, queue: Queue, timeout: float, log: TextIO) -> _Withdraw
     if queue.mine is None or queue.commit is None:
         return _Withdrawn.OUT
     became = _withdraw(clone, queue.mine, queue.commit, timeout, log)
-    if became is not _Withdrawn.FAILED:
-        queue.landed()
+    if became is _Withdrawn.OUT:
+        queue.landed()  # the commits are this clone's alone to land
+    elif became is _Withdrawn.GONE:
+        queue.forget()  # carried? the next sync settles it from the record
     return became
 
 
@@ -570,7 +588,7 @@ def fetch(clone: Clone, timeout: float, queue: Queue | None = None) -> bool:
     refspecs = [f"+refs/heads/{clone.branch}:{clone.tracking}"]
     refspecs += queue.refspecs() if queue else []
     if len(refspecs) > 1:
-        args.append("--prune")  # a waiting ref that is gone has landed
+        args.append("--prune")  # a waiting ref that is gone: carried (if on record)
     result = _network(clone, *args, clone.remote, *refspecs, timeout=timeout)
     if result.returncode != 0:
         if MISSING_BRANCH.search(result.stderr):
@@ -609,7 +627,7 @@ def push(
         return
     verdict = classify(result.stderr)
     if verdict.retry:
-        raise Transient(f"push failed: {verdict.reason}")
+        raise Transient(f"push failed: {verdict.reason}", unclear=not refused(verdict))
     raise GitError(
         f"cannot push to {clone.where} ({clone.url}): {verdict.reason}; nothing pushed, "
         "your local commits are kept",

@@ -27,10 +27,13 @@ class Transient(Exception):
     # Not an error a user sees: the signal to try again, caught by the retry policy.
     """A failure that a later attempt can get past (the remote moved on, a dropped link)."""
 
-    def __init__(self, reason: str, *, took: float = 0.0, queued: int = 0) -> None:
+    def __init__(
+        self, reason: str, *, took: float = 0.0, queued: int = 0, unclear: bool = False
+    ) -> None:
         self.reason = reason
         self.took = took  # seconds the failed attempt took; the loop fills it in
         self.queued = queued  # commits the queue's first is landing, when waiting for it
+        self.unclear = unclear  # a push whose answer was lost: it may have landed
         super().__init__(reason)
 
 
@@ -63,6 +66,18 @@ _RULES: tuple[tuple[bool, re.Pattern[str], str], ...] = tuple(
     )
 )
 # fmt: on
+_REFUSALS = frozenset(reason for retry, _, reason in _RULES if retry) - {
+    "the server is busy or failing for now (HTTP 408, 429 or 5xx)", "connection reset",
+    "timed out", "the remote hung up",
+}
+
+
+def refused(verdict: Verdict) -> bool:
+    """Whether a failed push surely changed nothing: the remote said no, or was never reached.
+
+    A push cut off (timed out, reset, hung up) may have landed all the same.
+    """
+    return verdict.reason in _REFUSALS or verdict.reason.startswith("the remote's hook refused")
 
 
 def classify(stderr: str) -> Verdict:

@@ -23,6 +23,7 @@ from crdt_merge_driver.clone import Clone
 from crdt_merge_driver.errors import GaveUpError, GitError
 from crdt_merge_driver.pending import NAMESPACE, Queue, Record
 from crdt_merge_driver.sync import SyncResult, Transient, sync
+from crdt_merge_driver.verdict import classify, refused
 from tests import gitrepo
 from tests.test_sync import SEED, memory, names_on, origin, pair, remote_file
 
@@ -65,6 +66,10 @@ def run(
 
     result = sync(repo=machine, sleep=wait, log=log, **options)  # type: ignore[arg-type]
     return result, log.getvalue(), waits
+
+
+def interrupt(_: float) -> None:
+    raise KeyboardInterrupt  # Ctrl-C during a wait
 
 
 def lose_first_push(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -453,13 +458,15 @@ def test_a_push_that_landed_but_said_it_failed_leaves_no_ref(
         push(clone, head, timeout, carried, record=record)
         if not calls:
             calls.append(head)
-            raise Transient("push failed: the remote hung up")
+            raise Transient("push failed: the remote hung up", unclear=True)
 
     monkeypatch.setattr(sync_module, "push", land_then_hang_up)
     _, server = pair
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     result, log, _ = run(server)
-    assert "waits in" in log and result.commit is None  # nothing left to push
+    # found by review: a push whose answer was lost may have landed, and joining the queue
+    # then would have let another machine land the same commits a second time
+    assert "waits in" not in log and result.commit is None  # nothing left to push
     assert gitrepo.head(server) == gitrepo.git(origin, "rev-parse", "main").strip()
     assert names_on(origin) == {*SEED, "frank"}
     assert waiting_refs(origin) == {}
@@ -583,18 +590,15 @@ def test_an_interrupted_sync_s_next_run_knows_its_commits_were_carried(
     (server / "memory.jsonl").write_bytes(without_bob)
     lose_first_push(monkeypatch)
 
-    def interrupted(_: float) -> None:
-        raise KeyboardInterrupt  # Ctrl-C while waiting in the queue
-
     with pytest.raises(KeyboardInterrupt):
-        run(server, interrupted)
-    assert (server / ".git" / pending_module.QUEUED).exists()
+        run(server, interrupt)  # Ctrl-C while waiting in the queue
+    assert list((server / ".git").glob(f"{pending_module.QUEUED}.*"))
     carry_then_readd_bob(laptop, third, origin)
     result, log, _ = run(server)  # the next sync in that clone
     assert "another machine's push landed" in log
     assert result.commit == gitrepo.head(server) == gitrepo.git(origin, "rev-parse", "main").strip()
     assert "bob" in names_on(origin)  # not deleted a second time
-    assert not (server / ".git" / pending_module.QUEUED).exists()
+    assert not list((server / ".git").glob(f"{pending_module.QUEUED}.*"))
 
 
 def test_a_timeout_while_taking_the_ref_out_is_still_one_line(
@@ -642,7 +646,7 @@ def test_a_landing_whose_answer_was_lost_is_not_credited_to_another_machine(
             raise Transient("push failed: rejected: the remote moved on")
         push(clone, head, timeout, carried, record=record)
         if len(calls) == 2:
-            raise Transient("push failed: the remote hung up")
+            raise Transient("push failed: the remote hung up", unclear=True)
 
     monkeypatch.setattr(sync_module, "push", lose_then_land_and_hang_up)
     _, server = pair
@@ -692,3 +696,122 @@ def test_the_record_names_every_carried_ref(
     run(laptop)
     record = gitrepo.git(origin, "cat-file", "-p", "refs/crdt-merge-driver/record/main/carried")
     assert record.splitlines() == [f"{QUEUE}runner.2.bb {second}", f"{QUEUE}server.1.aa {first}"]
+
+
+
+# --- found by the third review ------------------------------------------------------------
+
+
+def lose_every_push(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Every push of the sync under test loses; returns the real push, for other machines."""
+    push = sync_module.push
+
+    def lose(
+        clone: Clone, head: str, timeout: float, carried: dict[str, str],
+        record: Record | None = None,
+    ) -> None:  # fmt: skip
+        raise Transient("push failed: rejected: the remote moved on")
+
+    monkeypatch.setattr(sync_module, "push", lose)
+    return push
+
+
+def test_a_sync_that_gives_up_after_its_commit_was_carried_never_lands_it_again(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    push = lose_every_push(monkeypatch)
+    done: list[bool] = []
+
+    def meanwhile(_: float) -> None:
+        if not done:
+            done.append(True)
+            with monkeypatch.context() as real:
+                real.setattr(sync_module, "push", push)
+                carry_then_readd_bob(laptop, third, origin)
+            gitrepo.commit_file(server, "memory-notes.jsonl", memory("zed"), "the user's own")
+
+    with pytest.raises(GaveUpError):
+        run(server, meanwhile, paths=[Path("memory.jsonl")], attempts=2)
+    monkeypatch.setattr(sync_module, "push", push)
+    run(server)  # sync again, as the message says
+    assert "bob" in names_on(origin)  # the carried deletion did not land a second time
+    assert b"zed" in gitrepo.git(origin, "show", "main:memory-notes.jsonl").encode()
+
+
+def test_after_a_carried_commit_the_rebase_path_never_copies_the_remote_s_commits(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    push = sync_module.push
+    calls: list[str] = []
+
+    def lose_twice(
+        clone: Clone, head: str, timeout: float, carried: dict[str, str],
+        record: Record | None = None,
+    ) -> None:  # fmt: skip
+        calls.append(head)
+        if len(calls) == 2:  # meanwhile a fourth machine deletes erin
+            fourth = gitrepo.clone(origin, third.parent / "fourth")
+            kept = [line for line in (fourth / "memory.jsonl").read_bytes().splitlines()
+                    if b'"erin"' not in line]  # fmt: skip
+            gitrepo.commit_file(fourth, "memory.jsonl", b"\n".join(kept), "delete erin")
+            gitrepo.git(fourth, "push", "--quiet", "origin", "HEAD:main")
+        if len(calls) <= 2:
+            raise Transient("push failed: rejected: the remote moved on")
+        push(clone, head, timeout, carried, record=record)
+
+    monkeypatch.setattr(sync_module, "push", lose_twice)
+    done: list[bool] = []
+
+    def meanwhile(_: float) -> None:
+        if not done:
+            done.append(True)
+            with monkeypatch.context() as real:
+                real.setattr(sync_module, "push", push)
+                carry_then_readd_bob(laptop, third, origin)
+            gitrepo.commit_file(server, "notes.txt", b"a note\n", "the user's note")  # rebase
+
+    result, _, _ = run(server, meanwhile, paths=[Path("memory.jsonl")])
+    assert result.commit == gitrepo.head(server)
+    assert names_on(origin) == {"alice", "bob", "carol", "dave"}  # erin's deletion stands
+    messages = gitrepo.git(origin, "log", "--format=%s", "main").splitlines()
+    assert messages.count("re-add bob") == 1 and messages[0] == "the user's note"
+
+
+def test_a_sync_to_another_remote_keeps_the_place_in_origin_s_queue(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    laptop, server = pair
+    mirror = tmp_path / "mirror.git"
+    gitrepo.git(tmp_path, "clone", "--quiet", "--bare", str(origin), str(mirror))
+    gitrepo.git(server, "remote", "add", "mirror", str(mirror))
+    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    lose_first_push(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run(server, interrupt)  # Ctrl-C while waiting in origin's queue
+    sync(repo=server, remote="mirror", sleep=lambda _: None, log=io.StringIO())
+    carry_then_readd_bob(laptop, third, origin)
+    _, log, _ = run(server)
+    assert "another machine's push landed" in log
+    assert "bob" in names_on(origin)  # not deleted a second time
+
+
+@pytest.mark.parametrize(
+    ("name", "surely_refused"),
+    [
+        ("retry-push-fetch-first", True),
+        ("retry-push-non-fast-forward", True),
+        ("retry-push-queue-stale-info", True),
+        ("retry-push-remote-ref-lock", True),
+        ("retry-push-pre-receive-transient", True),
+        ("retry-push-git-connection-reset", False),
+        ("retry-push-git-hung-up-mid-reply", False),
+    ],
+)
+def test_only_a_clear_refusal_counts_as_nothing_landed(name: str, surely_refused: bool) -> None:
+    text = (Path(__file__).parent / "fixtures" / "git-stderr" / f"{name}.txt").read_text()
+    assert refused(classify(text)) is surely_refused
