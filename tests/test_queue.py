@@ -72,21 +72,32 @@ def interrupt(_: float) -> None:
     raise KeyboardInterrupt  # Ctrl-C during a wait
 
 
-def lose_first_push(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The next sync's first push to the branch is rejected, as if another machine won."""
-    push = sync_module.push
-    lost: list[str] = []
+def script_pushes(monkeypatch: pytest.MonkeyPatch, *steps: str) -> Callable[..., None]:
+    """The sync's next pushes to the branch do as told, in order, then land; the real push.
 
-    def lose_once(
+    "lose": refused, as if another machine won (nothing lands); "hang up": it
+    lands, but the answer is lost (as a timeout or a reset would).
+    """
+    push = sync_module.push
+    script = list(steps)
+
+    def scripted(
         clone: Clone, head: str, timeout: float, carried: dict[str, str],
         record: Record | None = None,
-    ) -> None:
-        if not lost:
-            lost.append(head)
+    ) -> None:  # fmt: skip
+        step = script.pop(0) if script else "land"
+        if step == "lose":
             raise Transient("push failed: rejected: the remote moved on")
         push(clone, head, timeout, carried, record=record)
+        if step == "hang up":
+            raise Transient("push failed: the remote hung up", unclear=True)
 
-    monkeypatch.setattr(sync_module, "push", lose_once)
+    monkeypatch.setattr(sync_module, "push", scripted)
+    return push
+
+
+def lose_first_push(monkeypatch: pytest.MonkeyPatch) -> None:
+    script_pushes(monkeypatch, "lose")
 
 
 @pytest.fixture
@@ -370,23 +381,6 @@ def test_the_leader_is_the_oldest_live_ref_until_patience_runs_out(
     assert queue.leader({first: "1", late: "2"}) is None
 
 
-def test_a_ref_that_joined_before_the_queue_went_off_is_not_taken_as_carried(
-    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Found by review: off, the queue is not fetched, so the sync's own ref looked gone,
-    # and the sync followed the branch without its commits.
-    gitrepo.git(origin, "config", "receive.advertiseAtomic", "false")
-    _, server = pair
-    (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
-    lose_first_push(monkeypatch)
-    result, log, _ = run(server)
-    assert "waits in" in log and "does not take atomic pushes" in log
-    assert "another machine's push landed" not in log
-    assert result.attempts == 3 and result.commit == gitrepo.head(server)
-    assert names_on(origin) == {*SEED, "frank"}
-    assert waiting_refs(origin) == {}  # deleted once the commits landed
-
-
 def test_names_are_escaped_so_branches_never_share_a_queue() -> None:
     clone = Clone(Path(), Path(), Path(), {}, "up/stream", "", "feature/x%y")
     queue = Queue(clone)
@@ -429,17 +423,26 @@ def test_carrying_works_in_a_sha256_repository(tmp_path: Path) -> None:
 # --- a sync's own ref: it never outlives the sync, or lies about landing -----------------
 
 
-def test_a_remote_that_hides_the_queue_from_fetches_turns_it_off(
-    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Found by review: the sync's own ref, hidden from fetches, looked carried, and the sync
-    # followed the branch without its commits.
-    gitrepo.git(origin, "config", "uploadpack.hideRefs", "refs/crdt-merge-driver")
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        # Off, the queue is not fetched: the sync's own ref looked gone, and the sync
+        # followed the branch without its commits (found by review).
+        ("receive.advertiseAtomic=false", "the remote does not take atomic pushes"),
+        # Hidden from fetches, the sync's own ref looked carried (found by review).
+        ("uploadpack.hideRefs=refs/crdt-merge-driver", "left the queue without landing"),
+    ],
+)
+def test_a_sync_that_joined_a_queue_the_remote_breaks_lands_its_own_commits(
+    pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch, setting: str,
+    said: str,
+) -> None:  # fmt: skip
+    gitrepo.git(origin, "config", *setting.split("=", 1))
     _, server = pair
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     lose_first_push(monkeypatch)
     result, log, _ = run(server)
-    assert "left the queue without landing" in log and "landing alone" in log
+    assert "waits in" in log and said in log and "landing alone" in log
     assert "another machine's push landed" not in log
     assert result.commit == gitrepo.head(server) and names_on(origin) == {*SEED, "frank"}
     assert waiting_refs(origin) == {}  # taken out once the commits landed
@@ -448,19 +451,7 @@ def test_a_remote_that_hides_the_queue_from_fetches_turns_it_off(
 def test_a_push_that_landed_but_said_it_failed_leaves_no_ref(
     pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    push = sync_module.push
-    calls: list[str] = []
-
-    def land_then_hang_up(
-        clone: Clone, head: str, timeout: float, carried: dict[str, str],
-        record: Record | None = None,
-    ) -> None:
-        push(clone, head, timeout, carried, record=record)
-        if not calls:
-            calls.append(head)
-            raise Transient("push failed: the remote hung up", unclear=True)
-
-    monkeypatch.setattr(sync_module, "push", land_then_hang_up)
+    script_pushes(monkeypatch, "hang up")
     _, server = pair
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     result, log, _ = run(server)
@@ -634,21 +625,7 @@ def test_a_killed_sync_s_ref_on_the_branch_goes_when_the_clone_is_behind(
 def test_a_landing_whose_answer_was_lost_is_not_credited_to_another_machine(
     pair: tuple[Path, Path], origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    push = sync_module.push
-    calls: list[str] = []
-
-    def lose_then_land_and_hang_up(
-        clone: Clone, head: str, timeout: float, carried: dict[str, str],
-        record: Record | None = None,
-    ) -> None:
-        calls.append(head)
-        if len(calls) == 1:
-            raise Transient("push failed: rejected: the remote moved on")
-        push(clone, head, timeout, carried, record=record)
-        if len(calls) == 2:
-            raise Transient("push failed: the remote hung up", unclear=True)
-
-    monkeypatch.setattr(sync_module, "push", lose_then_land_and_hang_up)
+    script_pushes(monkeypatch, "lose", "hang up")
     _, server = pair
     (server / "memory.jsonl").write_bytes(memory(*SEED, "frank"))
     result, log, _ = run(server)
@@ -702,26 +679,12 @@ def test_the_record_names_every_carried_ref(
 # --- found by the third review ------------------------------------------------------------
 
 
-def lose_every_push(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Every push of the sync under test loses; returns the real push, for other machines."""
-    push = sync_module.push
-
-    def lose(
-        clone: Clone, head: str, timeout: float, carried: dict[str, str],
-        record: Record | None = None,
-    ) -> None:  # fmt: skip
-        raise Transient("push failed: rejected: the remote moved on")
-
-    monkeypatch.setattr(sync_module, "push", lose)
-    return push
-
-
 def test_a_sync_that_gives_up_after_its_commit_was_carried_never_lands_it_again(
     pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     laptop, server = pair
     (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
-    push = lose_every_push(monkeypatch)
+    push = script_pushes(monkeypatch, *["lose"] * 30)
     done: list[bool] = []
 
     def meanwhile(_: float) -> None:
@@ -745,34 +708,22 @@ def test_after_a_carried_commit_the_rebase_path_never_copies_the_remote_s_commit
 ) -> None:
     laptop, server = pair
     (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
-    push = sync_module.push
-    calls: list[str] = []
+    push = script_pushes(monkeypatch, "lose", "lose")
+    waits: list[float] = []
 
-    def lose_twice(
-        clone: Clone, head: str, timeout: float, carried: dict[str, str],
-        record: Record | None = None,
-    ) -> None:  # fmt: skip
-        calls.append(head)
-        if len(calls) == 2:  # meanwhile a fourth machine deletes erin
+    def meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            with monkeypatch.context() as real:
+                real.setattr(sync_module, "push", push)
+                carry_then_readd_bob(laptop, third, origin)
+            gitrepo.commit_file(server, "notes.txt", b"a note\n", "the user's note")  # rebase
+        if len(waits) == 2:  # after the rebased push lost: a fourth machine deletes erin
             fourth = gitrepo.clone(origin, third.parent / "fourth")
             kept = [line for line in (fourth / "memory.jsonl").read_bytes().splitlines()
                     if b'"erin"' not in line]  # fmt: skip
             gitrepo.commit_file(fourth, "memory.jsonl", b"\n".join(kept), "delete erin")
             gitrepo.git(fourth, "push", "--quiet", "origin", "HEAD:main")
-        if len(calls) <= 2:
-            raise Transient("push failed: rejected: the remote moved on")
-        push(clone, head, timeout, carried, record=record)
-
-    monkeypatch.setattr(sync_module, "push", lose_twice)
-    done: list[bool] = []
-
-    def meanwhile(_: float) -> None:
-        if not done:
-            done.append(True)
-            with monkeypatch.context() as real:
-                real.setattr(sync_module, "push", push)
-                carry_then_readd_bob(laptop, third, origin)
-            gitrepo.commit_file(server, "notes.txt", b"a note\n", "the user's note")  # rebase
 
     result, _, _ = run(server, meanwhile, paths=[Path("memory.jsonl")])
     assert result.commit == gitrepo.head(server)
