@@ -358,7 +358,9 @@ def attempt_once(
                           log=log, memo=memo)  # fmt: skip
         if landed is not None:
             return landed
-        head = _revision(clone, "HEAD") or head
+        # HEAD may have moved onto the branch, and the branch may have been fetched again.
+        moved, remote_tip = _revisions(clone, "HEAD", clone.tracking)
+        head = moved or head
     leader = queue.leader(waiting)
     if leader is not None and remote_tip != head:
         raise Transient(f"waiting for {leader.removeprefix(queue.remote_prefix)}, first in the "
