@@ -5,7 +5,8 @@ with its old value as a condition (``git update-ref``), so that a commit
 made meanwhile is never lost: the attempt is tried again with it. Then
 ``git read-tree -m -u`` brings the changed files to the new commit; it
 writes nothing if one of them is not clean, and then HEAD goes back and
-git rebase --autostash onto the pushed commit does the work instead.
+git rebase --autostash --onto NEW OLD does the work instead (it replays
+nothing: NEW holds the local commits already, maybe rewritten).
 
 Between the two, HEAD and the work tree disagree: a sync killed there would
 leave files that look like a change which undoes the merge (and every other
@@ -37,9 +38,10 @@ Versions = dict[str, tuple[str | None, str | None]]  # path -> (blob at the old 
 def follow(clone: Clone, old: str, new: str, log: TextIO) -> None:
     """Bring HEAD (at ``old``) and the work tree to ``new``, the replayed commits."""
     if new != old and not move_head(clone, old, new):
-        # A changed file is not clean: the rebase's autostash keeps the edit. The local
-        # commits are in ``new`` already, so the rebase drops them or leaves them empty.
-        rebase(clone, new, log, kept=(
+        # A changed file is not clean: the rebase's autostash keeps the edit. ``--onto NEW
+        # OLD`` replays nothing (HEAD is at OLD): ``new`` holds the local commits already,
+        # maybe rewritten, and a rebase onto it alone would apply them a second time.
+        rebase(clone, new, log, after=old, kept=(
             f"{new[:10]} is on {clone.where} already, but this work tree could not follow it: "
             "HEAD and the files are as they were. Move what is in the way, then sync again"
         ))  # fmt: skip

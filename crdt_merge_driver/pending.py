@@ -87,13 +87,11 @@ class Queue:
         if isinstance(place, dict) and place.get("ref", "").startswith(self.remote_prefix):
             self.mine, self.commit = str(place["ref"]), str(place.get("commit"))
 
-    def settle(self, head: str) -> None:
-        """Give up a place whose commits the local branch no longer holds (moved on, reset)."""
-        if self.commit is None or head == self.commit:
-            return
+    def holds(self, head: str) -> bool:
+        """Whether the local branch (at ``head``) still holds the commit waiting in the queue."""
+        assert self.commit is not None
         held = self.clone.git("merge-base", "--is-ancestor", self.commit, head, check=False)
-        if held.returncode != 0:
-            self.landed()
+        return held.returncode == 0
 
     def check_urls(self) -> None:
         """Off when pushes go elsewhere than fetches: a fetch would not show what was pushed."""

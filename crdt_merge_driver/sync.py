@@ -38,6 +38,7 @@ from crdt_merge_driver.clone import (
     current_branch,
     driver_environment,
     find_url,
+    read_objects,
     say,
 )
 from crdt_merge_driver.errors import CrdtError, GaveUpError, GitError
@@ -352,7 +353,10 @@ def attempt_once(
     if head is None:
         return None  # an unborn branch with nothing committed
     waiting = queue.waiting() if fetched else {}
-    queue.settle(head)
+    if remote_tip is not None and _settle(clone, queue, head, remote_tip, number=number,
+                                          timeout=timeout, log=log, memo=memo):  # fmt: skip
+        head, remote_tip = _revisions(clone, "HEAD", clone.tracking)
+        assert head is not None
     if remote_tip is not None and queue.gone(waiting):
         landed = _carried(clone, queue, head, remote_tip, number=number, timeout=timeout,
                           log=log, memo=memo)  # fmt: skip
@@ -391,6 +395,12 @@ def attempt_once(
                      f"{carrying}")  # fmt: skip
             return replayed.head
         mine.update(queue.contained(head) if waiting else {})  # a killed sync's, say
+        if queue.mine is not None and queue.mine in mine:
+            # git rebase rewrites the commit waiting in the queue: settle its place first.
+            held = mine.pop(queue.mine)
+            if _withdraw(clone, queue.mine, held, timeout(), log) is not _Withdrawn.OUT:
+                raise Transient(f"{queue.mine} left the queue meanwhile; looking again")
+            queue.landed()
         rebase(clone, remote_tip, log)  # only a fast-forward when HEAD is behind
         memo.forget()
         head = _revision(clone, "HEAD") or head
@@ -436,15 +446,84 @@ def _carried(
         checkout.follow(clone, head, remote_tip, log)
         queue.landed()
         return remote_tip
-    replayed = replay(clone, head, remote_tip, memo, after=held)
-    if replayed is not None:
-        checkout.follow(clone, head, replayed.head, log)
-    else:
-        rebase(clone, remote_tip, log, after=held)
-    memo.forget()
+    _move_onto(clone, head, remote_tip, after=held, memo=memo, log=log)
     queue.landed()
     say(log, f"sync attempt {number}: the commits made since are now on top of {clone.where}")
     return None
+
+
+def _move_onto(
+    clone: Clone, head: str, remote_tip: str, *, after: str, memo: Memo, log: TextIO
+) -> None:
+    """The local commits after ``after`` onto the branch (``git rebase --onto TIP AFTER``)."""
+    replayed = replay(clone, head, remote_tip, memo, after=after)
+    if replayed is not None:
+        checkout.follow(clone, head, replayed.head, log)
+    else:
+        rebase(clone, remote_tip, log, after=after, kept=(
+            f"{after[:10]} is on {clone.where} already (carried from the queue); the commits "
+            f"after it are kept as they were. Run `git rebase --onto {clone.tracking} "
+            f"{after[:10]}`, merge by hand, then sync again"
+        ))  # fmt: skip
+    memo.forget()
+
+
+def _settle(
+    clone: Clone, queue: Queue, head: str, remote_tip: str, *, number: int,
+    timeout: Callable[[], float], log: TextIO, memo: Memo,
+) -> bool:  # fmt: skip
+    """Give up a place whose commit the branch no longer holds; whether HEAD moved.
+
+    The branch was rewritten since it joined (a rebase, an amend, a reset).
+    Taken out of the queue, the commit is this clone's alone, as rewritten.
+    Gone and on record as carried, it landed: a rewritten copy of it here (the
+    same author line and message) would land it twice, so the commits after
+    that copy are moved onto the branch, and the copy is left behind.
+    """
+    ref, held = queue.mine, queue.commit
+    if ref is None or held is None or head == held or queue.holds(head):
+        return False
+    became = _withdraw(clone, ref, held, timeout(), log)
+    if became is _Withdrawn.FAILED:
+        raise Transient(f"could not take {ref} out of the queue")
+    carried = became is _Withdrawn.GONE and (
+        queue.was_carried() or (fetch(clone, timeout(), queue) and queue.was_carried())
+    )
+    queue.landed()
+    if not carried:
+        return False
+    copy = _copy_of(clone, held, head)
+    say(log, f"sync attempt {number}: {held[:10]}, waiting in {ref}, was landed by another "
+             f"machine's push; this branch was rewritten since"
+             + (f": its copy {copy[:10]} is left out" if copy else
+                "; a copy of it here, if any, lands again"))  # fmt: skip
+    if copy is None:
+        return False
+    _move_onto(clone, head, _revision(clone, clone.tracking) or remote_tip, after=copy,
+               memo=memo, log=log)  # fmt: skip
+    return True
+
+
+def _copy_of(clone: Clone, commit: str, head: str) -> str | None:
+    """The oldest local commit, if it is the one with ``commit``'s author line and message."""
+    listed = clone.git("rev-list", head, f"^{clone.tracking}").stdout.decode().split()
+    found = read_objects(clone, [commit, *listed])
+    if found[0] is None:
+        return None
+
+    def signature(raw: bytes) -> tuple[bytes, bytes]:
+        top, _, message = raw.partition(b"\n\n")
+        author = next((line for line in top.split(b"\n") if line.startswith(b"author ")), b"")
+        return author, message
+
+    wanted = signature(found[0].data)
+    copies = [one.oid for one in found[1:] if one is not None and signature(one.data) == wanted]
+    if len(copies) != 1:
+        return None
+    # Only the oldest local commit can be left out with `rebase --onto`: any before it
+    # would go with it, and they may be commits of this clone's own, never queued.
+    first = clone.git("merge-base", "--is-ancestor", f"{copies[0]}^", clone.tracking, check=False)
+    return copies[0] if first.returncode == 0 else None
 
 
 def _nothing_to_push(

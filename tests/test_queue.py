@@ -766,3 +766,73 @@ def test_a_sync_to_another_remote_keeps_the_place_in_origin_s_queue(
 def test_only_a_clear_refusal_counts_as_nothing_landed(name: str, surely_refused: bool) -> None:
     text = (Path(__file__).parent / "fixtures" / "git-stderr" / f"{name}.txt").read_text()
     assert refused(classify(text)) is surely_refused
+
+
+# --- found by the fourth review -----------------------------------------------------------
+
+
+def test_a_carrier_with_an_edited_memory_file_follows_without_replaying_again(
+    pair: tuple[Path, Path], third: Path, origin: Path
+) -> None:
+    # The work tree cannot follow the push (an edit the agent has not committed), so git
+    # rebase --autostash moves HEAD; onto the pushed commit alone it applied the laptop's
+    # commit a second time, deleting bob again after the carried commit re-added him.
+    laptop, server = pair
+    without_bob = [name for name in SEED if name != "bob"]
+    gitrepo.commit_file(third, "memory.jsonl", memory(*without_bob), "delete bob")
+    gitrepo.git(third, "push", "--quiet", "origin", "HEAD:main")
+    gitrepo.git(server, "pull", "--quiet", "--rebase", "origin", "main")
+    queue_commit(server, "server.1.aa", data=memory(*without_bob, "bob"))  # re-adds bob
+    gitrepo.commit_file(laptop, "memory.jsonl", memory(*without_bob, "erin"), "erin, no bob")
+    (laptop / "memory.jsonl").write_bytes(memory(*without_bob, "erin", "zed"))  # not committed
+    result, log, _ = run(laptop, paths=[])
+    assert "carrying 1 other machines' waiting commits" in log and "bob" in names_on(origin)
+    assert gitrepo.head(laptop) == result.commit  # HEAD is the branch: no commit on top
+    assert b"zed" in (laptop / "memory.jsonl").read_bytes()  # the edit is kept
+    run(laptop, paths=[])
+    assert "bob" in names_on(origin)
+
+
+def test_a_sync_that_rebases_its_waiting_commit_takes_it_out_of_the_queue_first(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # git rebase rewrote the waiting commit; the place was dropped with the ref still
+    # waiting, and the next machine to land carried the old commit a second time.
+    laptop, server = pair
+    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    push = script_pushes(monkeypatch, "lose", "lose")
+    waits: list[float] = []
+
+    def meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:  # a commit git rebase must do, and the remote moves on
+            gitrepo.commit_file(server, "notes.txt", b"a note\n", "the user's note")
+            gitrepo.commit_file(third, "memory-other.jsonl", memory("grace"), "grace")
+            gitrepo.git(third, "push", "--quiet", "origin", "HEAD:main")
+
+    run(server, meanwhile, paths=[Path("memory.jsonl")])
+    assert waiting_refs(origin) == {}
+    monkeypatch.setattr(sync_module, "push", push)
+    carry_then_readd_bob(laptop, third, origin)
+    assert "bob" in names_on(origin)
+
+
+def test_a_rewritten_copy_of_a_carried_commit_is_left_out(
+    pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, server = pair
+    base = gitrepo.head(server)
+    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    lose_first_push(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run(server, interrupt)  # Ctrl-C while waiting
+    waiting = gitrepo.head(server)
+    carry_then_readd_bob(laptop, third, origin)  # carried; then bob is re-added
+    gitrepo.git(server, "reset", "--quiet", "--hard", base)  # the user rewrites the branch:
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2026-01-02T00:00:00+0000")
+    gitrepo.git(server, "cherry-pick", waiting)  # a copy (same author and message)
+    assert gitrepo.head(server) != waiting
+    _, log, _ = run(server, paths=[])
+    assert "was landed by another machine's push; this branch was rewritten since" in log
+    assert "its copy" in log and "bob" in names_on(origin)
+    assert gitrepo.head(server) == gitrepo.git(origin, "rev-parse", "main").strip()
