@@ -29,6 +29,7 @@ from tests.test_sync import SEED, memory, names_on, origin, pair, remote_file
 
 __all__ = ["origin", "pair"]  # fixtures, used by name
 QUEUE = f"{NAMESPACE}/main/"
+WITHOUT_BOB = tuple(name for name in SEED if name != "bob")  # a deletion to land exactly once
 
 
 @pytest.fixture(autouse=True)
@@ -554,7 +555,7 @@ def test_commits_made_while_waiting_land_on_top_of_the_carried_one(
     # The server's deletion of bob waits in the queue; another push carries it; bob is re-added;
     # meanwhile the user commits on the server. The deletion must not be applied a second time.
     laptop, server = pair
-    without_bob = memory(*(name for name in SEED if name != "bob"))
+    without_bob = memory(*WITHOUT_BOB)
     (server / "memory.jsonl").write_bytes(without_bob)
     lose_first_push(monkeypatch)
     done: list[bool] = []
@@ -577,7 +578,7 @@ def test_an_interrupted_sync_s_next_run_knows_its_commits_were_carried(
     pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     laptop, server = pair
-    without_bob = memory(*(name for name in SEED if name != "bob"))
+    without_bob = memory(*WITHOUT_BOB)
     (server / "memory.jsonl").write_bytes(without_bob)
     lose_first_push(monkeypatch)
 
@@ -683,7 +684,7 @@ def test_a_sync_that_gives_up_after_its_commit_was_carried_never_lands_it_again(
     pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     laptop, server = pair
-    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    (server / "memory.jsonl").write_bytes(memory(*WITHOUT_BOB))
     push = script_pushes(monkeypatch, *["lose"] * 30)
     done: list[bool] = []
 
@@ -707,7 +708,7 @@ def test_after_a_carried_commit_the_rebase_path_never_copies_the_remote_s_commit
     pair: tuple[Path, Path], third: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     laptop, server = pair
-    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    (server / "memory.jsonl").write_bytes(memory(*WITHOUT_BOB))
     push = script_pushes(monkeypatch, "lose", "lose")
     waits: list[float] = []
 
@@ -740,7 +741,7 @@ def test_a_sync_to_another_remote_keeps_the_place_in_origin_s_queue(
     mirror = tmp_path / "mirror.git"
     gitrepo.git(tmp_path, "clone", "--quiet", "--bare", str(origin), str(mirror))
     gitrepo.git(server, "remote", "add", "mirror", str(mirror))
-    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    (server / "memory.jsonl").write_bytes(memory(*WITHOUT_BOB))
     lose_first_push(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(server, interrupt)  # Ctrl-C while waiting in origin's queue
@@ -778,7 +779,7 @@ def test_a_carrier_with_an_edited_memory_file_follows_without_replaying_again(
     # rebase --autostash moves HEAD; onto the pushed commit alone it applied the laptop's
     # commit a second time, deleting bob again after the carried commit re-added him.
     laptop, server = pair
-    without_bob = [name for name in SEED if name != "bob"]
+    without_bob = list(WITHOUT_BOB)
     gitrepo.commit_file(third, "memory.jsonl", memory(*without_bob), "delete bob")
     gitrepo.git(third, "push", "--quiet", "origin", "HEAD:main")
     gitrepo.git(server, "pull", "--quiet", "--rebase", "origin", "main")
@@ -799,7 +800,7 @@ def test_a_sync_that_rebases_its_waiting_commit_takes_it_out_of_the_queue_first(
     # git rebase rewrote the waiting commit; the place was dropped with the ref still
     # waiting, and the next machine to land carried the old commit a second time.
     laptop, server = pair
-    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    (server / "memory.jsonl").write_bytes(memory(*WITHOUT_BOB))
     push = script_pushes(monkeypatch, "lose", "lose")
     waits: list[float] = []
 
@@ -822,7 +823,7 @@ def test_a_rewritten_copy_of_a_carried_commit_is_left_out(
 ) -> None:
     laptop, server = pair
     base = gitrepo.head(server)
-    (server / "memory.jsonl").write_bytes(memory(*(name for name in SEED if name != "bob")))
+    (server / "memory.jsonl").write_bytes(memory(*WITHOUT_BOB))
     lose_first_push(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(server, interrupt)  # Ctrl-C while waiting
