@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import orjson
 
+from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.clone import Clone, read_objects
 
 NAMESPACE = "refs/crdt-merge-driver/pending"
@@ -140,7 +141,7 @@ class Queue:
     def joined(self, name: str, commit: str) -> None:
         self.mine, self.commit = name, commit
         self.waited, self.seen = 0.0, False
-        self.mark.write_bytes(orjson.dumps({"ref": name, "commit": commit}))
+        write_atomic(self.mark, orjson.dumps({"ref": name, "commit": commit}))
 
     def leader(self, waiting: dict[str, str]) -> str | None:
         """The waiting ref whose sync should land the queue, if not this one's; None: land.
@@ -189,7 +190,7 @@ class Queue:
         return self._named(listed)
 
     def gone(self, waiting: dict[str, str]) -> bool:
-        """Whether this sync's ref has left the queue (after `settle`: HEAD holds its commit).
+        """Whether this sync's ref has left the queue (`sync._settle` ran: HEAD holds its commit).
 
         Gone is not landed: the caller asks the record (`was_carried`). Off,
         the queue is not fetched: its refs are gone from view, not from the remote.

@@ -110,10 +110,8 @@ def replay(
     that landed already (carried from the queue, rewritten): only the local
     commits after it are replayed, as ``git rebase --onto ONTO AFTER`` would.
     """
-    if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
-        return None  # the driver would defer to git's text merge
-    picks = _picks(clone, onto, head, after)
-    if picks is None or not _attached(clone, picks, memo) or _writes_otherwise(clone, memo):
+    picks = _own_picks(clone, head, onto, memo, after)
+    if picks is None:
         return None
     base, rewrite = _skip_kept(onto, [pick for pick in picks if not pick.upstream])
     waiting = _waiting(clone, onto, head, others)
@@ -170,12 +168,19 @@ def _pushed(state: dict[str, _File], objects: _Objects) -> Files:
 
 def replayable(clone: Clone, head: str, onto: str, memo: Memo) -> bool:
     """Whether `replay` can likely land the local commits on ``onto``: a first look, no objects."""
+    return _own_picks(clone, head, onto, memo) is not None
+
+
+def _own_picks(
+    clone: Clone, head: str, onto: str, memo: Memo, after: str | None = None
+) -> list[Pick] | None:
+    """The local commits to replay; None if any is one to leave to git rebase."""
     if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
-        return False
-    picks = _picks(clone, onto, head)
-    if picks is None or _writes_otherwise(clone, memo):
-        return False
-    return _attached(clone, picks, memo)
+        return None  # the driver would defer to git's text merge
+    picks = _picks(clone, onto, head, after)
+    if picks is None or _writes_otherwise(clone, memo) or not _attached(clone, picks, memo):
+        return None
+    return picks
 
 
 def _picks(clone: Clone, onto: str, head: str, after: str | None = None) -> list[Pick] | None:
@@ -487,7 +492,7 @@ def _write_commits(
     for pick, tree in zip(rewrite, trees, strict=True):
         if tree is None:
             continue  # the change is already upstream: git rebase drops the commit
-        author, message = _authorship(objects.commit(pick.commit).data)
+        author, message = authorship(objects.commit(pick.commit).data)
         body = b"tree %s\nparent %s\n%s\ncommitter %s\n\n%s" % (
             tree.encode(), parent.encode(), author, committer, message
         )  # fmt: skip
@@ -545,10 +550,10 @@ def _trees_by_index(clone: Clone, base: str, changes: list[_Changes]) -> list[st
     return trees
 
 
-def _authorship(raw: bytes) -> tuple[bytes, bytes]:
+def authorship(raw: bytes) -> tuple[bytes, bytes]:
     """The author line of a raw commit object, and its message."""
     header, _, message = raw.partition(b"\n\n")
     for line in header.split(b"\n"):
         if _AUTHOR.fullmatch(line):
             return line, message
-    raise AssertionError("checked by _Objects.fits")  # pragma: no cover
+    raise AssertionError("a commit object without an author line")  # pragma: no cover

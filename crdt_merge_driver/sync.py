@@ -46,7 +46,7 @@ from crdt_merge_driver.guard import check_files, check_push, passes
 from crdt_merge_driver.lock import LOCK, lock
 from crdt_merge_driver.pending import Queue, Record
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
-from crdt_merge_driver.replay import Files, Memo, replay, replayable
+from crdt_merge_driver.replay import Files, Memo, authorship, replay, replayable
 from crdt_merge_driver.verdict import MISSING_BRANCH, NO_ATOMIC, Transient, classify, refused
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
@@ -511,13 +511,8 @@ def _copy_of(clone: Clone, commit: str, head: str) -> str | None:
     if found[0] is None:
         return None
 
-    def signature(raw: bytes) -> tuple[bytes, bytes]:
-        top, _, message = raw.partition(b"\n\n")
-        author = next((line for line in top.split(b"\n") if line.startswith(b"author ")), b"")
-        return author, message
-
-    wanted = signature(found[0].data)
-    copies = [one.oid for one in found[1:] if one is not None and signature(one.data) == wanted]
+    wanted = authorship(found[0].data)
+    copies = [one.oid for one in found[1:] if one is not None and authorship(one.data) == wanted]
     if len(copies) != 1:
         return None
     # Only the oldest local commit can be left out with `rebase --onto`: any before it
