@@ -58,7 +58,9 @@ class Record(NamedTuple):
     ref: str
     old: str  # "" when there is none yet
     new: str
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")  # what a host name may not bring into a ref name
 
 
 class Queue:
@@ -66,10 +68,15 @@ class Queue:
 
     def __init__(self, clone: Clone) -> None:
         self.clone = clone
-        self.remote_prefix = f"{NAMESPACE}/{_escape(clone.branch)}/"
-        self.seen_prefix = f"{_SEEN}/{_escape(clone.remote)}/{_escape(clone.branch)}/"
-        self.record_ref = f"{RECORD}/{_escape(clone.branch)}/carried"
-        self.record_seen = f"{_RECORD_SEEN}/{_escape(clone.remote)}/{_escape(clone.branch)}/carried"
+        branch, remote = _escape(clone.branch), _escape(clone.remote)
+        self.remote_prefix = f"{NAMESPACE}/{branch}/"
+        self.seen_prefix = f"{_SEEN}/{remote}/{branch}/"
+        # The record's folder on the remote and here; a pattern, so that a remote
+        # without a record yet is no error for `fetch`.
+        self.record_folder = f"{RECORD}/{branch}/"
+        self.record_seen_folder = f"{_RECORD_SEEN}/{remote}/{branch}/"
+        self.record_ref = f"{self.record_folder}carried"
+        self.record_seen = f"{self.record_seen_folder}carried"
         self.mine: str | None = None  # the ref this sync's commits wait in, once pushed
         self.commit: str | None = None  # the commit it holds
         self.off: str | None = None  # why the queue is off (the remote refused it)
@@ -77,7 +84,7 @@ class Queue:
         self.unsure = False  # whether a push that deleted its ref failed without a clear answer
         # The place outlives the sync: a sync interrupted while waiting leaves it for the
         # next sync in this clone, which must not land the same commits a second time.
-        self.mark = clone.git_dir / f"{QUEUED}.{_escape(clone.remote)}.{_escape(clone.branch)}"
+        self.mark = clone.git_dir / f"{QUEUED}.{remote}.{branch}"
 
     def resume(self) -> None:
         """Take up the place a sync interrupted while waiting left in this clone, if any."""
@@ -108,12 +115,11 @@ class Queue:
 
     def refspecs(self) -> list[str]:
         """What `fetch` adds to the branch's refspec: every waiting ref (pruned when gone), and
-        the record of those carried (a pattern, so that a remote without one is no error)."""
+        the record of those carried."""
         if self.off:
             return []
-        record = self.record_ref.removesuffix("carried")
-        seen = self.record_seen.removesuffix("carried")
-        return [f"+{self.remote_prefix}*:{self.seen_prefix}*", f"+{record}*:{seen}*"]
+        return [f"+{self.remote_prefix}*:{self.seen_prefix}*",
+                f"+{self.record_folder}*:{self.record_seen_folder}*"]  # fmt: skip
 
     def _record(self) -> tuple[str, list[bytes]]:
         """The record as last fetched: its blob ("" if none) and its lines."""
