@@ -1,90 +1,75 @@
-"""The lock that keeps two syncs (or backups) out of one clone, and taking it over from the dead.
+"""The lock that keeps two syncs (or backups) out of one clone.
 
-A lock is a file in the git folder created with ``O_EXCL`` that holds its
-owner's pid. A sync killed without a chance to clean up leaves it behind,
-so a lock whose process is gone (a zombie counts as gone) is taken over;
-a guard file keeps two takers of one stale lock apart. The process checks
-read Linux's /proc where they need to, and answer "alive" where they cannot
-tell: a live sync must never lose its lock.
+The lock is ``flock`` on a file in the git folder: the kernel releases it
+when its holder exits, however it exits (kill -9 included), so there is no
+stale lock to take over and no window in which a just-started holder looks
+dead. The file holds the holder's pid, for the message only; it stays in
+place between runs (removing it would let a second run lock a file a third
+no longer sees). Holding the lock, a run removes what a killed run left in
+the git folder (sync's attributes files, backup's scratch indexes). The
+process checks for a killed sync's ``index.lock`` read Linux's /proc where
+they need to, and answer "alive" where they cannot tell.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
-from crdt_merge_driver.clone import SyncError, say
+from crdt_merge_driver.clone import ATTRIBUTES, SyncError, say
 from crdt_merge_driver.errors import RefusedError
 
 LOCK = "crdt-merge-driver-sync.lock"
-_TAKEOVER_STALE = 10.0  # seconds after which an abandoned takeover guard is ignored
+# What a run killed before its cleanup leaves in the git folder: nobody else
+# uses them once the lock is ours (every writer of them holds it).
+LEFTOVERS = (f"{ATTRIBUTES}.*", "crdt-merge-driver-backup.*.index")
 _DEAD = ("Z", "X")
 
 
 @contextmanager
 def lock(git_dir: Path, log: TextIO, *, what: str = "sync or backup") -> Iterator[None]:
-    """Hold ``<git dir>/<LOCK>`` (O_EXCL, holding our pid) while sync or backup runs."""
+    """Hold ``flock`` on ``<git dir>/<LOCK>`` while sync or backup runs; refuse if another does."""
     path = git_dir / LOCK
-    for _ in range(5):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = _holder(path)
-            if not _stale(path, holder):
-                who = f"pid {holder}" if holder else "just starting"
-                raise RefusedError(
-                    f"another {what} ({who}) is running in this clone; wait for it "
-                    f"(delete {path} only if no {what} is running)"
-                ) from None
-            _break_stale(path, holder, log, what)
-            continue
-        with os.fdopen(fd, "w") as stream:
-            stream.write(f"{os.getpid()}\n")
-        break
-    else:
-        raise RefusedError(f"could not take {path}: another {what} keeps taking it")
-    try:
-        yield
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise RefusedError(
+                f"another {what}{who} is running in this clone ({path}); wait for it"
+            ) from None
+        # The pid is for the message only: a full disk that keeps it out costs nothing.
+        with suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            remove_leftovers(git_dir, log)
+            yield
+        finally:
+            with suppress(OSError):
+                os.ftruncate(fd, 0)  # still ours: the next reader sees no stale pid
     finally:
-        if _holder(path) == os.getpid():
-            path.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
 
 
-def _holder(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
+def _holder(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     return int(text) if text.isdigit() else None
 
 
-def _stale(path: Path, holder: int | None) -> bool:
-    if holder is not None:
-        return not _alive(holder)
-    # No pid yet: a sync between creating the file and writing to it, or one
-    # killed right there; only the second leaves it that way for long.
-    try:
-        return time.time() - path.stat().st_mtime > _TAKEOVER_STALE
-    except FileNotFoundError:
-        return True
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a lock with our own pid was left by an earlier life of this pid
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    stat = stat_of(Path(f"/proc/{pid}/stat"))
-    # A killed sync its parent has not reaped yet is a zombie: gone.
-    return stat is None or stat[0] not in _DEAD
+def remove_leftovers(git_dir: Path, log: TextIO) -> None:
+    """Remove the files a killed sync or backup left in ``git_dir`` (call holding the lock)."""
+    for pattern in LEFTOVERS:
+        for left in sorted(git_dir.glob(pattern)):
+            left.unlink(missing_ok=True)
+            say(log, f"removed {left.name}, left by an interrupted sync or backup")
 
 
 def stat_of(path: Path) -> tuple[str, int] | None:
@@ -94,28 +79,6 @@ def stat_of(path: Path) -> tuple[str, int] | None:
         return fields[0], int(fields[2])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _break_stale(path: Path, holder: int | None, log: TextIO, what: str) -> None:
-    """Remove a lock whose process is gone; a guard file keeps two takers apart."""
-    guard = path.with_name(path.name + ".takeover")
-    try:
-        fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        try:
-            if time.time() - guard.stat().st_mtime > _TAKEOVER_STALE:
-                guard.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
-        time.sleep(0.05)
-        return
-    try:
-        if _holder(path) == holder:  # still the dead one: nobody took it meanwhile
-            path.unlink(missing_ok=True)
-            say(log, f"took over {path.name} from {what} pid {holder}, which is gone")
-    finally:
-        os.close(fd)
-        guard.unlink(missing_ok=True)
 
 
 def group_gone(pgid: int | None, grace: float = 1.0) -> bool:

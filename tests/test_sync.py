@@ -38,6 +38,7 @@ from crdt_merge_driver import verdict as verdict_module
 from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
 from crdt_merge_driver.pending import Queue, Record
 from crdt_merge_driver.sync import (
+    ATTRIBUTES,
     LOCK,
     REBASE_MARK,
     WAIT_FIRST,
@@ -88,10 +89,11 @@ class Ran(NamedTuple):
 
 
 def cli_sync(clone: Path, *args: str) -> Ran:
-    """``crdt-merge-driver sync --repo clone args...`` as its own process."""
-    done = gitrepo.cli("sync", "--repo", str(clone), *args)
+    """``crdt-merge-driver sync -v --repo clone args...`` as its own process (every line)."""
+    done = gitrepo.cli("sync", "-v", "--repo", str(clone), *args)
     stderr: object = done.stderr  # gitrepo.cli says str; it runs without text=True
-    return Ran(done.returncode, stderr.decode() if isinstance(stderr, bytes) else str(stderr))
+    text = stderr.decode() if isinstance(stderr, bytes) else str(stderr)
+    return Ran(done.returncode, gitrepo.unstamped(text))
 
 
 def rebasing(clone: Path) -> bool:
@@ -820,7 +822,7 @@ def test_a_caller_can_recover_before_looking_at_head(pair: tuple[Path, Path]) ->
     assert "aborted the rebase an interrupted sync left" in log.getvalue()
     assert gitrepo.git(server, "symbolic-ref", "--short", "HEAD").strip() == "main"
     assert gitrepo.head(server) == own and not rebasing(server)
-    assert not (server / ".git" / LOCK).exists()
+    assert (server / ".git" / LOCK).read_text() == ""  # released
     sync_module.recover_interrupted(repo=server, log=log)  # nothing left: a no-op
 
 
@@ -856,34 +858,63 @@ def test_an_index_lock_left_by_a_killed_sync_is_removed_once_its_group_is_gone(
 # --- the lock ---------------------------------------------------------------------------------
 
 
-def test_a_live_sync_holds_the_lock(pair: tuple[Path, Path]) -> None:
+HOLDER = """
+import sys, time
+from pathlib import Path
+from crdt_merge_driver.lock import lock
+with lock(Path(sys.argv[1]), sys.stderr):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def hold_lock(git_dir: Path) -> subprocess.Popen[str]:
+    """A real process holding the clone's lock (the same code sync runs), once it says so."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(git_dir)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_held_lock_refuses_a_second_run_until_its_holder_is_killed(
+    pair: tuple[Path, Path],
+) -> None:
     laptop, _ = pair
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = hold_lock(laptop / ".git")
     try:
-        (laptop / ".git" / LOCK).write_text(f"{sleeper.pid}\n")
-        holder = f"another sync or backup \\(pid {sleeper.pid}\\) is running"
-        with pytest.raises(RefusedError, match=holder):
+        refused = f"another sync or backup \\(pid {holder.pid}\\) is running in this clone"
+        with pytest.raises(RefusedError, match=refused):
             run(laptop)
+        assert (laptop / ".git" / LOCK).read_text() == f"{holder.pid}\n"  # not ours to touch
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert (laptop / ".git" / LOCK).read_text() == f"{sleeper.pid}\n"  # not ours to remove
-    result, log, _ = run(laptop)  # now the holder is gone: taken over
-    assert f"took over {LOCK} from sync or backup pid {sleeper.pid}, which is gone" in log
-    assert not (laptop / ".git" / LOCK).exists()
-    assert result.attempts == 1
+        holder.kill()  # SIGKILL: no cleanup of its own; the kernel drops the lock
+        holder.wait()
+    result, log, _ = run(laptop)
+    assert result.attempts == 1 and "took over" not in log
+    assert (laptop / ".git" / LOCK).read_text() == ""  # released: no pid left behind
 
 
-def test_a_lock_without_a_pid_is_taken_over_once_old(pair: tuple[Path, Path]) -> None:
+def test_a_lock_file_nobody_holds_is_no_lock(pair: tuple[Path, Path]) -> None:
+    # What the old pid-file lock, or a full disk, could leave: a file, empty or with a pid.
     laptop, _ = pair
     lock = laptop / ".git" / LOCK
-    lock.write_text("")
-    with pytest.raises(RefusedError, match=r"another sync or backup \(just starting\)"):
-        run(laptop)
-    old = time.time() - 60
-    os.utime(lock, (old, old))
-    run(laptop)
-    assert not lock.exists()
+    for left in ("", f"{os.getpid()}\n", "99999999\n"):
+        lock.write_text(left)
+        result, _, _ = run(laptop)
+        assert result.attempts == 1
+
+
+def test_files_a_killed_run_left_in_the_git_folder_are_removed(pair: tuple[Path, Path]) -> None:
+    laptop, _ = pair
+    git_dir = laptop / ".git"
+    left = [git_dir / f"{ATTRIBUTES}.k1ll3d", git_dir / "crdt-merge-driver-backup.4242.index"]
+    for path in left:
+        path.write_bytes(b"left by a sync killed with -9\n")
+    _, log, _ = run(laptop)
+    assert not any(path.exists() for path in left)
+    for path in left:
+        assert f"removed {path.name}, left by an interrupted sync or backup" in log
+    assert not list(git_dir.glob(f"{ATTRIBUTES}.*"))  # nor its own, once done
 
 
 def test_the_lock_is_released_after_a_failure(pair: tuple[Path, Path]) -> None:
@@ -891,7 +922,9 @@ def test_the_lock_is_released_after_a_failure(pair: tuple[Path, Path]) -> None:
     (laptop / "memory.jsonl").write_bytes(memory("alice"))
     with pytest.raises(RefusedError):
         run(laptop)
-    assert not (laptop / ".git" / LOCK).exists()
+    with pytest.raises(RefusedError):
+        run(laptop)  # refused for the same reason, not for the lock
+    assert (laptop / ".git" / LOCK).read_text() == ""
 
 
 # --- CI ------------------------------------------------------------------------------------------
@@ -998,48 +1031,6 @@ def test_existing_command_line_config_is_kept(
 # --- corners of the lock, the recovery and the checks ----------------------------------------
 
 
-def test_a_lock_that_keeps_being_taken_gives_up(pair: tuple[Path, Path]) -> None:
-    laptop, _ = pair
-    git_dir = laptop / ".git"
-    (git_dir / LOCK).write_text("99999999\n")  # a dead pid...
-    (git_dir / f"{LOCK}.takeover").write_text("")  # ...that another sync is taking over now
-    with pytest.raises(RefusedError, match="another sync or backup keeps taking it"):
-        run(laptop)
-    assert (git_dir / LOCK).read_text() == "99999999\n"
-
-
-def test_an_abandoned_takeover_is_ignored_once_old(pair: tuple[Path, Path]) -> None:
-    laptop, _ = pair
-    git_dir = laptop / ".git"
-    (git_dir / LOCK).write_text("99999999\n")
-    guard = git_dir / f"{LOCK}.takeover"
-    guard.write_text("")
-    old = time.time() - 60
-    os.utime(guard, (old, old))
-    result, log, _ = run(laptop)
-    assert "took over" in log and result.attempts == 1
-    assert not guard.exists() and not (git_dir / LOCK).exists()
-
-
-def test_a_lock_with_our_own_pid_is_stale(pair: tuple[Path, Path]) -> None:
-    # In a container a sync often gets the same small pid as the one killed before it.
-    laptop, _ = pair
-    (laptop / ".git" / LOCK).write_text(f"{os.getpid()}\n")
-    result, log, _ = run(laptop)
-    assert f"from sync or backup pid {os.getpid()}" in log and result.attempts == 1
-
-
-def test_a_lock_taken_meanwhile_is_not_broken(pair: tuple[Path, Path]) -> None:
-    laptop, _ = pair
-    lock = laptop / ".git" / LOCK
-    lock.write_text("99999999\n")
-    lock_module._break_stale(lock, 12345, io.StringIO(), "sync")  # not the pid it holds now
-    assert lock.read_text() == "99999999\n"
-    assert lock_module._stale(laptop / "no-such-lock", None)  # vanished: free
-    lock.write_bytes(b"\xff\xfe")
-    assert lock_module._holder(lock) is None
-
-
 def test_process_checks_where_the_answer_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lock_module.stat_of(Path("/no/such/proc/stat")) is None
     assert not lock_module.group_gone(None)
@@ -1048,10 +1039,8 @@ def test_process_checks_where_the_answer_is_unknown(monkeypatch: pytest.MonkeyPa
     def forbidden(pid: int, signal: int) -> None:
         raise PermissionError(pid)
 
-    monkeypatch.setattr(os, "kill", forbidden)
     monkeypatch.setattr(os, "killpg", forbidden)
-    assert lock_module._alive(1)  # someone else's process: alive
-    assert not lock_module.group_gone(999999)
+    assert not lock_module.group_gone(999999)  # someone else's group: cannot tell
 
 
 def test_an_unreadable_mark_reads_as_empty(tmp_path: Path) -> None:
