@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
+    from crdt_merge_driver.log import Log
+
 DRIVER_NAME = "crdt-memory"
 
 # Subcommands import their modules lazily; ruff's PLC0415 is off in this file
@@ -38,19 +40,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = _driver_call(arguments) or _parser().parse_args(arguments)
     handler: Handler = args.handler
+    complain: Callable[[str], None] = _print_error
     try:
+        if hasattr(args, "quiet"):  # a command with `_log_options`: it logs through a Log
+            args.log = _open_log(args)
+            complain = args.log.error
         return handler(args)
     except CrdtError as error:
-        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        complain(f"{PROGRAM}: {error}")
         return int(error.exit_code)
     except OSError as error:  # a file or folder the command needs is missing or not usable
         where = f"{error.filename}: " if error.filename else ""
-        print(f"{PROGRAM}: {where}{error.strerror or error}", file=sys.stderr)
+        complain(f"{PROGRAM}: {where}{error.strerror or error}")
         return int(ExitCode.CONFLICT if args.command == "merge" else ExitCode.USAGE)
     except KeyboardInterrupt:
-        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        complain(f"{PROGRAM}: interrupted")
         # git treats a driver's exit above 128 as a failed merge, not a conflict.
         return int(ExitCode.CONFLICT if args.command == "merge" else ExitCode.INTERRUPTED)
+    finally:
+        if hasattr(args, "log") and hasattr(args.log, "close"):
+            args.log.close()
+
+
+def _print_error(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _open_log(args: argparse.Namespace) -> Log:
+    from crdt_merge_driver.log import Log
+
+    try:
+        return Log.open(quiet=args.quiet, verbose=args.verbose, path=args.log_file)
+    except OSError as error:
+        message = f"cannot open the log: {error.strerror}"
+        raise OSError(error.errno, message, error.filename) from None
 
 
 def _driver_call(arguments: list[str]) -> argparse.Namespace | None:
@@ -142,6 +165,7 @@ def _sync(args: argparse.Namespace) -> int:
         attempts=args.attempts,
         deadline=args.deadline,
         allow_mass_delete=args.allow_mass_delete,
+        log=args.log,
     )
     return ExitCode.OK
 
@@ -156,6 +180,7 @@ def _backup(args: argparse.Namespace) -> int:
         restore=not args.no_restore,
         attempts=args.attempts,
         deadline=args.deadline,
+        log=args.log,
     )
     return ExitCode.OK
 
@@ -169,6 +194,7 @@ def _restore(args: argparse.Namespace) -> int:
         as_path=args.as_path,
         attempts=args.attempts,
         deadline=args.deadline,
+        log=args.log,
     )
     return ExitCode.OK
 
@@ -176,7 +202,7 @@ def _restore(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from crdt_merge_driver.migration import migrate
 
-    migrate(repo=_repo(args), dry_run=args.dry_run)
+    migrate(repo=_repo(args), dry_run=args.dry_run, log=args.log)
     return ExitCode.OK
 
 
@@ -203,6 +229,20 @@ def _retry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deadline", type=float, default=300.0,
         help="give up retrying after this many seconds (default 300)",
+    )  # fmt: skip
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    """-q/-v/--log, for every command that runs long or from cron (see crdt_merge_driver/log.py)."""
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="print every step, each attempt"
+    )
+    parser.add_argument(
+        "--log", dest="log_file", metavar="FILE",
+        help="append the lines to FILE (its folder is made if needed), each with the UTC time; "
+        "errors go to stderr as well",
     )  # fmt: skip
 
 
@@ -277,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--branch", help="remote branch (default: the current branch)")
     sync.add_argument("-m", "--message", help="commit message")
     _retry_options(sync)
+    _log_options(sync)
     sync.add_argument(
         "--allow-mass-delete",
         action="store_true",
@@ -305,6 +346,7 @@ def _parser() -> argparse.ArgumentParser:
             help="the file in the repo (default memory.jsonl)",
         )
         _retry_options(sub)
+        _log_options(sub)
         if name == "backup":
             sub.add_argument(
                 "--no-restore",
@@ -317,6 +359,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--dry-run", action="store_true", help="say what would change; change nothing"
     )
+    _log_options(migrate)
 
     demo = command("demo", _demo, "run three machines against one remote, end to end, and check")
     demo.add_argument("--keep", metavar="DIR", help="build the demo here and keep it")

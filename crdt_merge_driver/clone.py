@@ -18,6 +18,9 @@ from typing import NamedTuple, TextIO
 
 from crdt_merge_driver import PROGRAM, git, install
 from crdt_merge_driver.errors import CrdtError
+
+# Re-exported (the alias says so to mypy): the sync modules import it from here.
+from crdt_merge_driver.log import say as say  # noqa: PLC0414
 from crdt_merge_driver.verdict import redact
 
 DRIVER_NAME = install.DEFAULT_NAME  # the name install writes
@@ -54,10 +57,6 @@ class Clone(NamedTuple):
 
     def rebasing(self) -> bool:
         return any((self.git_dir / name).exists() for name in ("rebase-merge", "rebase-apply"))
-
-
-def say(log: TextIO, line: str) -> None:
-    print(f"{PROGRAM}: {line}", file=log, flush=True)
 
 
 # --- the environment every git command gets -----------------------------------------

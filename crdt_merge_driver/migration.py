@@ -22,6 +22,7 @@ from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.codec import diff
 from crdt_merge_driver.document import EMPTY, JSONL, Side, Style
 from crdt_merge_driver.errors import CrdtError, InputError
+from crdt_merge_driver.log import say
 from crdt_merge_driver.merge import join
 
 TARGET = "memory.jsonl"
@@ -39,18 +40,19 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
     top = install.find_toplevel(repo)
     sources = _old_files(top)
     if not sources:
-        _say(log, f"nothing to migrate: no {', '.join(OLD_PATTERNS)} in {top}")
+        say(log, f"nothing to migrate: no {', '.join(OLD_PATTERNS)} in {top}", summary=True)
         return MigrationResult([], 0, None)
     target = top / TARGET
     inputs = [*sources, TARGET] if target.exists() else sources
     merged = join([_read(top, name) for name in inputs], style=Style(JSONL))
     for name in sources:
-        _say(log, f"{'would fold' if dry_run else 'folding'} {name}")
-    _say(log, f"{TARGET}: {merged.report.kept} records from {len(inputs)} files")
+        say(log, f"{'would fold' if dry_run else 'folding'} {name}")
+    say(log, f"{TARGET}: {merged.report.kept} records from {len(inputs)} files")
     for decision in merged.report.decisions:
-        _say(log, decision.explain())
+        say(log, decision.explain())
     if dry_run:
-        _say(log, "dry run: nothing written")
+        say(log, f"dry run: would fold {len(sources)} files into {TARGET} "
+                 f"({merged.report.kept} records); nothing written", summary=True)  # fmt: skip
         return MigrationResult(sources, merged.report.kept, None)
     write_atomic(target, merged.chunks())
     tracked = set(git.list_files(top))
@@ -59,12 +61,12 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
         git.run("rm", "--quiet", "--", *old_tracked, cwd=top)
     for name in sorted(set(sources) - set(old_tracked)):
         # Never in git's history: left for the user to delete once checked.
-        _say(log, f"left {name} in place (it was never committed); delete it when satisfied")
+        say(log, f"left {name} in place (it was never committed); delete it when satisfied")
     installed = install.install(
         repo=top, scope_global=False, patterns=None, name=install.DEFAULT_NAME
     )
     for line in installed:
-        _say(log, line)
+        say(log, line)
     git.run("add", "--", TARGET, ".gitattributes", cwd=top)
     message = f"migrate: fold {len(sources)} older memory files into {TARGET}"
     # Only what migrate changed: anything else the user had staged stays staged.
@@ -73,7 +75,7 @@ def migrate(*, repo: Path, dry_run: bool = False, log: TextIO = sys.stderr) -> M
     if result.returncode != 0:
         raise CrdtError(f"{TARGET} is written but not committed: {result.stderr.strip()}")
     commit = git.output("rev-parse", "HEAD", cwd=top)
-    _say(log, f"committed {commit[:12]}; push it with `crdt-merge-driver sync`")
+    say(log, f"committed {commit[:12]}; push it with `crdt-merge-driver sync`", summary=True)
     return MigrationResult(sources, merged.report.kept, commit)
 
 
@@ -91,7 +93,3 @@ def _read(top: Path, name: str) -> Side:
         return diff(EMPTY, (top / name).read_bytes())
     except InputError as error:
         raise error.located(name) from None
-
-
-def _say(log: TextIO, line: str) -> None:
-    print(f"crdt-merge-driver: {line}", file=log, flush=True)

@@ -234,7 +234,7 @@ def land(
     clone: Clone, *, paths: Sequence[Path] | None = None, message: str | None = None,
     attempts: int = 30, deadline: float = 300.0, allow_mass_delete: bool = False,
     sleep: Callable[[float], None] = time.sleep, log: TextIO = sys.stderr,
-    since: tuple[float, float] | None = None,
+    since: tuple[float, float] | None = None, summary: bool = True,
 ) -> SyncResult:  # fmt: skip
     """In a `prepared` clone: commit ``paths`` (None: every changed memory file), then push.
 
@@ -246,7 +246,7 @@ def land(
     crowd = time.monotonic() - began - (_cpu_seconds() - spent)
     return push_until_landed(
         clone, attempts=attempts, deadline=deadline, allow_mass_delete=allow_mass_delete,
-        sleep=sleep, log=log, crowd=crowd,
+        sleep=sleep, log=log, crowd=crowd, summary=summary,
     )  # fmt: skip
 
 
@@ -273,9 +273,13 @@ def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
 def push_until_landed(
     clone: Clone, *, attempts: int, deadline: float, allow_mass_delete: bool,
     sleep: Callable[[float], None], log: TextIO, clock: Clock = time.monotonic,
-    crowd: float = 0.0,
+    crowd: float = 0.0, summary: bool = True,
 ) -> SyncResult:  # fmt: skip
-    """The attempts, under the retry policy; ``crowd``: seconds sync so far waited for a CPU."""
+    """The attempts, under the retry policy; ``crowd``: seconds sync so far waited for a CPU.
+
+    ``summary``: its last line is the command's summary (False when backup, which
+    says its own, runs it).
+    """
     started = clock()
     number = 0
     pushed: str | None = None
@@ -336,10 +340,11 @@ def push_until_landed(
     # Landed alone with its ref still waiting (the queue went off, the branch was new...).
     _leave(clone, queue, remaining(), log)
     if pushed is None:
-        say(log, f"nothing to push: {clone.where} already has every local commit")
+        say(log, f"nothing to push: {clone.where} already has every local commit",
+            summary=summary)
     else:
         say(log, f"synced: {clone.where} is at {pushed[:10]} after {number} "
-                 f"attempt{'s' if number > 1 else ''}")  # fmt: skip
+                 f"attempt{'s' if number > 1 else ''}", summary=summary)  # fmt: skip
     return SyncResult(pushed, number)
 
 

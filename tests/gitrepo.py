@@ -7,6 +7,7 @@ these into fixtures.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,16 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
     return subprocess.run(
         [*CLI, *args], cwd=cwd, env=env, input=input_bytes, capture_output=True, check=False,
     )
+
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+
+
+def unstamped(text: str) -> str:
+    """A command's stderr from a pipe: every line stamped with the time, the stamps taken off."""
+    lines = text.splitlines(keepends=True)
+    assert all(STAMP.match(line) for line in lines), f"a line without a time stamp:\n{text}"
+    return "".join(STAMP.sub("", line, count=1) for line in lines)
 
 
 def init_bare(path: Path) -> Path:

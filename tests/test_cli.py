@@ -239,10 +239,10 @@ def clone(tmp_path: Path, remote: Path) -> Path:
 
 
 def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if not line.startswith("crdt-merge-driver: sync")]
-    lines = [line for line in lines if "committed memory.jsonl" not in line]
+    """The one line (an error) a failed command prints by default, stamped: stderr is a pipe."""
+    lines = gitrepo.unstamped(err).splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("crdt-merge-driver: ")
+    assert lines[0].startswith("crdt-merge-driver: "), err
     return lines[0]
 
 

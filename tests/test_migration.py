@@ -173,12 +173,12 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path: Path) -> No
     repo = older_repository(tmp_path / "memory")
     before = snapshot(repo)
 
-    said = ok(gitrepo.cli("migrate", "--dry-run", "--repo", str(repo), cwd=tmp_path))
+    said = ok(gitrepo.cli("migrate", "--dry-run", "-v", "--repo", str(repo), cwd=tmp_path))
 
     for name in OLD_FILES:
         assert f"would fold {name}" in said, said
     assert f"{TARGET}: {len(MIGRATED[0]) + len(MIGRATED[1])} records from 4 files" in said
-    assert "dry run: nothing written" in said
+    assert "; nothing written" in said
     assert snapshot(repo) == before
 
 
@@ -188,7 +188,7 @@ def test_migrate_folds_the_older_layout_into_one_file_the_server_loads(
     repo = older_repository(tmp_path / "memory")
     before = gitrepo.head(repo)
 
-    said = ok(gitrepo.cli("migrate", "--repo", str(repo), cwd=tmp_path))
+    said = ok(gitrepo.cli("migrate", "-v", "--repo", str(repo), cwd=tmp_path))
 
     # One commit: the old files out, memory.jsonl and the driver's attributes in.
     assert gitrepo.git(repo, "rev-parse", "HEAD~1").strip() == before
@@ -261,6 +261,6 @@ def test_a_file_name_that_is_not_utf_8_does_not_stop_migrate(tmp_path: Path) -> 
     repo = older_repository(tmp_path / "memory")
     (repo / os.fsdecode(b"notes-\xff.txt")).write_bytes(b"not memory")
 
-    said = ok(gitrepo.cli("migrate", "--dry-run", "--repo", str(repo), cwd=tmp_path))
+    said = ok(gitrepo.cli("migrate", "--dry-run", "-v", "--repo", str(repo), cwd=tmp_path))
 
-    assert "dry run: nothing written" in said
+    assert "; nothing written" in said
