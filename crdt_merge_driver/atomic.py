@@ -4,6 +4,12 @@ The new bytes go to a temp file in the same folder (so the rename stays on
 one file system), are flushed to disk, take the old file's mode (memory files
 are often 0600), and are renamed over the old file.
 
+A path that is a symbolic link (dotfiles managers link memory files) is
+written through it: the link's target is replaced, in the target's folder,
+and the link stays a link. A dangling link gets its target created, as the
+memory server's own write would. An error names the file it is about (a
+full disk: the file that could not be written), never the temp file.
+
 This module and the driver use `os` rather than `pathlib` on purpose: git
 starts the driver once per merged file, and importing pathlib costs it a few
 milliseconds each time (see docs/benchmarks.md).
@@ -42,17 +48,26 @@ def write_atomic(
     alive, where atomicity is what counts, not surviving a power cut.
     """
     path = os.fspath(path)
+    if os.path.islink(path):  # one lstat: git's %A never is one, a live memory file may be
+        path = os.path.realpath(path)
     if mode is None:
         mode = _current_mode(path)
     folder, name = os.path.split(path)
     temp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        _name(error, folder or "." if isinstance(error, FileNotFoundError) else path)
+        raise
     try:
         try:
             _write_all(fd, [data] if isinstance(data, bytes) else data)
             os.fchmod(fd, mode)
             if durable:
                 os.fsync(fd)
+        except OSError as error:
+            _name(error, path)
+            raise
         finally:
             os.close(fd)
         if expect is not None and _read_or_none(path) != expect:
@@ -64,6 +79,11 @@ def write_atomic(
         raise
     if durable:
         _sync_folder(folder or ".")
+
+
+def _name(error: OSError, path: str) -> None:
+    """Make ``error`` about ``path`` (the file being replaced, or its missing folder)."""
+    error.filename, error.filename2 = path, None
 
 
 def _write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> None:

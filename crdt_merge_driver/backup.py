@@ -105,7 +105,7 @@ class _Place(NamedTuple):
         # sync reads as "commit nothing" (None would mean every memory file).
         mine = [self.top / self.as_path] if (self.top / self.as_path).exists() else []
         sync.land(self.clone, paths=mine, attempts=attempts, deadline=deadline, sleep=sleep,
-                  log=log)  # fmt: skip
+                  log=log, summary=False)  # fmt: skip
 
     def ref(self, *, own: bool = False) -> str:
         """The last-sync point (what the live file reflects), or this machine's last own version."""
@@ -143,7 +143,7 @@ def backup(
             place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
             tip = _head(place)
             if not restore:
-                say(log, f"backed up {place.memory} as {place.as_path} ({ours[:12]})")
+                say(log, f"backed up {place.memory} as {place.as_path} ({ours[:12]})", summary=True)
                 return BackupResult(ours, round_number)
             try:
                 _write_live(place, tip, expect=live)
@@ -152,7 +152,7 @@ def backup(
                           f"{round_number + 1}")  # fmt: skip
                 continue
             _move(place, tip)
-            say(log, f"backed up and restored {place.memory} at {tip[:12]}")
+            say(log, f"backed up and restored {place.memory} at {tip[:12]}", summary=True)
             return BackupResult(tip, round_number)
     raise RefusedError(
         f"the memory server kept writing {place.memory} during {ROUNDS} rounds; everything it "
@@ -190,7 +190,7 @@ def restore(
                 "run restore (or backup) again"
             ) from None
         _move(place, tip)
-        say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}")
+        say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}", summary=True)
         return BackupResult(tip, 1)
 
 
@@ -203,10 +203,12 @@ def _place(
     *, need_live: bool = True,
 ) -> Iterator[_Place]:  # fmt: skip
     live = _live_path(memory)
+    given = "check --memory" if memory else "pass --memory, or set MEMORY_FILE_PATH"
     if need_live and not live.is_file():
-        raise BackupError(
-            f"memory file {live} does not exist (pass --memory, or set MEMORY_FILE_PATH)"
-        )
+        raise BackupError(f"memory file {live} does not exist ({given})")
+    if not live.parent.is_dir():  # restore does not make folders: a typo would go unseen
+        raise BackupError(f"the folder of the memory file does not exist: {live.parent} "
+                          f"(create it first, or {given})")  # fmt: skip
     folder = repo or _env_path("REPO_DIR") or Path.cwd()
     top = install.find_toplevel(folder)
     # Under sync's own lock for the whole round: a sync from cron and a
@@ -250,7 +252,8 @@ def _records_in(memory: Path, data: bytes) -> dict[Key, Record]:
     try:
         return records_of(data)
     except InputError as error:
-        raise BackupError(f"{memory} is not a memory file: {error.located(str(memory))}") from None
+        # The located error names the file (and line) already: once is enough.
+        raise BackupError(f"not a memory file: {error.located(str(memory))}") from None
 
 
 def _read_or_none(memory: Path) -> bytes | None:
@@ -288,13 +291,14 @@ def _base(place: _Place, live: bytes, log: TextIO) -> str | None:
     seen = any(_server_view(now.get(key)) == _server_view(restored.get(key)) for key in brought)
     if seen:
         return synced
-    say(log, f"the last restore of {place.memory} was overwritten by the memory server; "
+    say(log, f"warning: the last restore of {place.memory} was overwritten by the memory server; "
               "backing up on top of this machine's previous backup instead")  # fmt: skip
     return own
 
 
 def _server_view(value: Record | None) -> bytes | None:
-    return None if value is None else server_form(orjson.dumps(value))
+    # A record the server cannot hold is never in the live file: as absent as no record.
+    return None if value is None else server_form(orjson.dumps(value)) or None
 
 
 def _commit_machine_version(
