@@ -32,7 +32,7 @@ DEFAULT_NAME = "crdt-memory"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IMPORT_TIMEOUT = 60.0
 _FORGE_NOTE = (
-    "ok: note: web merge buttons (GitHub, GitLab, Gitea...) and libgit2-based clients do not "
+    "note: web merge buttons (GitHub, GitLab, Gitea...) and libgit2-based clients do not "
     "run custom merge drivers; merge memory files with command-line git"
 )
 
