@@ -33,7 +33,7 @@ import os, runpy, sys, time
 import crdt_merge_driver.cli, crdt_merge_driver.sync
 while not os.path.exists(os.environ["SYNC_START"]):
     time.sleep(0.002)
-sys.argv = ["crdt-merge-driver", "sync", *sys.argv[1:]]
+sys.argv = ["crdt-merge-driver", "sync", "-v", *sys.argv[1:]]
 runpy.run_module("crdt_merge_driver", run_name="__main__", alter_sys=True)
 """
 
@@ -214,10 +214,11 @@ def test_a_sync_killed_while_pushing_is_finished_by_the_next(tmp_path: Path, rem
     assert (clone / ".git" / LOCK).exists()  # left behind by the killed sync
     hook.unlink()
 
-    done = gitrepo.cli("sync", "--repo", str(clone))
+    done = gitrepo.cli("sync", "-v", "--repo", str(clone))
     stderr = done.stderr.decode() if isinstance(done.stderr, bytes) else done.stderr
     assert done.returncode == 0, stderr
-    assert f"took over {LOCK} from sync or backup pid {process.pid}" in stderr
+    # The kernel released the dead sync's flock: nothing to take over, nothing refused.
+    assert "another sync" not in stderr and "took over" not in stderr, stderr
     check_landed(remote, 1, [subprocess.CompletedProcess([], 0, "", stderr)])
 
 
@@ -233,7 +234,7 @@ def test_a_sync_killed_while_rebasing_leaves_a_rebase_the_next_aborts(
         gitrepo.write(clone, ".git/info/attributes", b"notes.txt merge=slow\n")
         gitrepo.git(clone, "config", "merge.slow.driver", f"touch '{started}'; sleep 60")
         gitrepo.commit_file(clone, "notes.txt", text.encode())
-    assert gitrepo.cli("sync", "--repo", str(first)).returncode == 0
+    assert gitrepo.cli("sync", "-v", "--repo", str(first)).returncode == 0
 
     process = start_alone(second)
     wait_for(started)
@@ -242,7 +243,7 @@ def test_a_sync_killed_while_rebasing_leaves_a_rebase_the_next_aborts(
     assert (second / ".git" / "rebase-merge").exists()
 
     gitrepo.git(second, "config", "merge.slow.driver", "true")  # keeps the remote's notes
-    done = gitrepo.cli("sync", "--repo", str(second))
+    done = gitrepo.cli("sync", "-v", "--repo", str(second))
     stderr = done.stderr.decode() if isinstance(done.stderr, bytes) else done.stderr
     assert done.returncode == 0, stderr
     assert "aborted the rebase an interrupted sync left" in stderr
@@ -259,7 +260,7 @@ def test_an_interrupted_sync_aborts_its_rebase_itself(tmp_path: Path, remote: Pa
         gitrepo.write(clone, ".git/info/attributes", b"notes.txt merge=slow\n")
         gitrepo.git(clone, "config", "merge.slow.driver", f"touch '{started}'; sleep 60")
         gitrepo.commit_file(clone, "notes.txt", text.encode())
-    assert gitrepo.cli("sync", "--repo", str(first)).returncode == 0
+    assert gitrepo.cli("sync", "-v", "--repo", str(first)).returncode == 0
     before = gitrepo.head(second)
 
     process = subprocess.Popen(
@@ -270,10 +271,11 @@ def test_an_interrupted_sync_aborts_its_rebase_itself(tmp_path: Path, remote: Pa
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
-    assert stderr.decode().splitlines()[-1] == "crdt-merge-driver: interrupted"
+    assert gitrepo.unstamped(stderr.decode()).splitlines()[-1] == "crdt-merge-driver: interrupted"
     assert not (second / ".git" / "rebase-merge").exists()
     assert not (second / ".git" / REBASE_MARK).exists()
-    assert not (second / ".git" / LOCK).exists()
+    lock_file = second / ".git" / LOCK  # kept between runs, emptied when released
+    assert not lock_file.exists() or lock_file.read_bytes() == b""
     assert gitrepo.head(second) != before  # its memory commit is there, on top
     assert gitrepo.git(second, "log", "-1", "--format=%s").startswith("memory: sync")
     assert gitrepo.git(second, "status", "--porcelain") == ""
