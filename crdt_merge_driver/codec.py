@@ -39,7 +39,6 @@ _SHORTEST_ENTITY = len(b'{"type":"entity","name":"","entityType":"","observation
 _CHUNK = 256 << 10
 
 
-_LINE_ENDS = b"\r\n"
 _MAX_STRIDE = 1024
 _ONES = b"\x01" * _MAX_STRIDE
 
@@ -124,7 +123,7 @@ def _index_chunk(document: Document, text: bytes, offset: int, *, strict: bool) 
         document.clean &= crlf_breaks == breaks
     else:
         document.clean &= crlf_breaks == 0
-    keys: list[Key | None] = [None] * len(lines) if strict else _entity_names(lines)
+    keys: list[Key | None] = [None] * len(lines) if strict else _entity_names(lines, text)
     kinds = bytearray(len(lines))
     blank: list[int] = []
     for at in [at for at, key in enumerate(keys) if key is None]:
@@ -144,10 +143,12 @@ def _index_chunk(document: Document, text: bytes, offset: int, *, strict: bool) 
     document.kinds.extend(kinds)
 
 
-def _entity_names(lines: list[bytes]) -> list[Key | None]:
+def _entity_names(lines: list[bytes], text: bytes) -> list[Key | None]:
     """The name of each line in the server's entity layout, read without a parse; else None.
 
-    A name with a backslash (an escape) or that is not UTF-8 is left to the parser.
+    ``text`` is the chunk the lines were cut from. Only a line that is
+    plainly one record with one name is read by form (see `_plain`); a name
+    with a backslash (an escape) or that is not UTF-8 is left to the parser.
     """
     prefix, start, shortest = _ENTITY_PREFIX, _NAME_START, _SHORTEST_ENTITY
     quotes = [
@@ -156,15 +157,14 @@ def _entity_names(lines: list[bytes]) -> list[Key | None]:
         else 0
         for line in lines
     ]
+    quotes = _plain(lines, quotes, text)
     names = [line[start:quote] for line, quote in zip(lines, quotes, strict=True) if quote > 0]
     if not names:
         return [None] * len(lines)
     joined = b"\n".join(names)  # no line holds a line break, so this splits back
     try:
-        if b"\\" in joined:
-            raise ValueError("an escaped name")
         decoded = iter(joined.decode("utf-8").split("\n"))
-    except ValueError:  # UnicodeDecodeError is one
+    except UnicodeDecodeError:
         return [
             _entity_name(line, quote) if quote > 0 else None
             for line, quote in zip(lines, quotes, strict=True)
@@ -172,12 +172,46 @@ def _entity_names(lines: list[bytes]) -> list[Key | None]:
     return [next(decoded) if quote > 0 else None for quote in quotes]
 
 
+_KEY_END = b'e":'  # ends "type", "name" and "entityType": three in a server line
+_AFTER_NAME = b'","entityType":"'
+
+
+def _plain(lines: list[bytes], quotes: list[int], text: bytes) -> list[int]:
+    """``quotes``, with 0 for each line that is not plainly one record with one name.
+
+    Such a line is parsed instead: a line with a backslash (an escaped key
+    can spell "name"), a carriage return (a line break to some readers, so
+    two records to them), or a key ending in ``e`` beyond the layout's three
+    (a repeated "name" or "type", which JSON.parse reads as the last, or a
+    second record on the line). Outside an escape a quote always ends a
+    string, so ``e":`` only ever ends a key. Counted over the whole chunk
+    first: one scan in C, line by line only when the chunk has a line to drop.
+    """
+    after = _AFTER_NAME
+    quotes = [
+        quote if quote > 0 and line.startswith(after, quote) else 0
+        for line, quote in zip(lines, quotes, strict=True)
+    ]
+    if b"\\" in text or b"\r" in text:
+        quotes = [
+            quote if quote > 0 and b"\\" not in line and b"\r" not in line else 0
+            for line, quote in zip(lines, quotes, strict=True)
+        ]
+    found = text.count(_KEY_END)
+    expected = sum(
+        3 if quote > 0 else line.count(_KEY_END) for line, quote in zip(lines, quotes, strict=True)
+    )
+    if found == expected:
+        return quotes
+    return [
+        quote if quote > 0 and line.count(_KEY_END) == 3 else 0
+        for line, quote in zip(lines, quotes, strict=True)
+    ]
+
+
 def _entity_name(line: bytes, quote: int) -> str | None:
-    name = line[_NAME_START:quote]
-    if b"\\" in name:
-        return None
     try:
-        return name.decode("utf-8")
+        return line[_NAME_START:quote].decode("utf-8")
     except UnicodeDecodeError:
         return None
 
@@ -238,8 +272,12 @@ def _walk(base: Document, data: Buffer) -> Side:
         # breaks, so equal bytes (and a line end after them) mean equal lines.
         start = base_starts[first]
         block_end = position + base_ends[last] - start
+        # A lone CR is not a line end: what follows it on the line is read.
         return data[position:block_end] == base_data[start : base_ends[last]] and (
-            block_end == size or data[block_end] in _LINE_ENDS
+            block_end == size
+            or data[block_end] == 0x0A
+            or data[block_end : block_end + 2] == b"\r\n"
+            or (block_end + 1 == size and data[block_end] == 0x0D)
         )
 
     while position < size:

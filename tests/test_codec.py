@@ -257,11 +257,6 @@ def test_a_broken_array_side_names_that_side() -> None:
             "ancestor, line 2: not JSON (unexpected character, expected ',' or '}')",
             id="not-json-inside",
         ),
-        pytest.param(
-            b'{"type":"entity","name":"Ada","entityType":"x","name":"Eve","observations":[]}',
-            "ancestor, line 2: a record whose identity is not what its layout suggests",
-            id="two-names",
-        ),
     ],
 )
 def test_a_bad_ancestor_line_both_sides_changed_is_refused_with_its_line(
