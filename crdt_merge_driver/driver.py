@@ -2,8 +2,10 @@
 
 git's contract (docs/git-driver.md): exit 0 means merged; 1..128 means a
 conflict, and git keeps whatever is in ``%A`` plus all three stages in the
-index. Bad input therefore exits 1 with ``%A`` untouched, so nothing is
-lost and the user sees which side and which line is bad. The driver never
+index. Bad input therefore exits 1 with git's own text merge in ``%A``
+(both sides' lines, with conflict markers, as without the driver), so
+nothing is lost from view in any integration mode, and stderr says which
+side and which line is bad. The driver never
 exits above 128 and never deletes ``%A`` (either would abort the merge).
 
 During a rebase or cherry-pick git swaps the sides; the merge is symmetric,
@@ -20,7 +22,7 @@ from contextlib import ExitStack, suppress
 from crdt_merge_driver import PROGRAM
 from crdt_merge_driver.atomic import StrPath, write_atomic
 from crdt_merge_driver.document import Buffer
-from crdt_merge_driver.errors import ExitCode, InputError
+from crdt_merge_driver.errors import ExitCode, GitError, InputError
 from crdt_merge_driver.merge import merge_buffers
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
@@ -57,6 +59,26 @@ def run_driver(
             base=base, ours=ours, theirs=theirs, path=shown, marker_size=marker_size, log=log
         )
     labels = (f"{shown} (ancestor, %O)", f"{shown} (ours, %A)", f"{shown} (theirs, %B)")
+    try:
+        return _merge_over(base, ours, theirs, shown=_printable(shown), labels=labels, log=log)
+    except InputError as error:
+        print(f"{PROGRAM}: cannot merge {_printable(str(error))}; left for you to resolve",
+              file=log)  # fmt: skip
+    # Past the mappings' end: git's text merge rewrites %A in place.
+    _show_both_sides(base=base, ours=ours, theirs=theirs, marker_size=marker_size, log=log)
+    return ExitCode.CONFLICT
+
+
+def _merge_over(
+    base: StrPath,
+    ours: StrPath,
+    theirs: StrPath,
+    *,
+    shown: str,
+    labels: tuple[str, str, str],
+    log: TextIO,
+) -> ExitCode:
+    """The merge written over ``ours``; raises `InputError` for input it cannot merge."""
     with ExitStack() as stack:
         try:
             base_data, ours_data, theirs_data = (
@@ -68,11 +90,7 @@ def run_driver(
         if _equal(ours_data, theirs_data):
             print(f"{PROGRAM}: {shown}: both sides are the same", file=log)
             return ExitCode.OK
-        try:
-            merged = merge_buffers(base_data, ours_data, theirs_data, labels=labels)
-        except InputError as error:
-            print(f"{PROGRAM}: cannot merge {error}; left for you to resolve", file=log)
-            return ExitCode.CONFLICT
+        merged = merge_buffers(base_data, ours_data, theirs_data, labels=labels)
         # %A is git's temp file: git reads it back at once and stores the
         # result itself, so a crash before it reaches the disk loses nothing
         # git would keep. Atomic, so never half-written; not flushed (fsync
@@ -85,8 +103,18 @@ def run_driver(
             return ExitCode.CONFLICT
     print(f"{PROGRAM}: merged {shown}: {merged.report.summary()}", file=log)
     for decision in merged.report.decisions:
-        print(f"{PROGRAM}: {shown}: {decision.explain()}", file=log)
+        print(f"{PROGRAM}: {shown}: {_printable(decision.explain())}", file=log)
     return ExitCode.OK
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped, so a path or a name cannot forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else repr(char)[1:-1] if ord(char) < 0x80 else
+        f"\\u{ord(char):04x}" for char in text
+    )  # fmt: skip
 
 
 def _load(path: StrPath, stack: ExitStack) -> Buffer:
@@ -112,6 +140,27 @@ def _equal(first: Buffer, second: Buffer) -> bool:
         return first == second
     step = 1 << 20
     return all(first[at : at + step] == second[at : at + step] for at in range(0, len(first), step))
+
+
+def _show_both_sides(
+    *, base: StrPath, ours: StrPath, theirs: StrPath, marker_size: int, log: TextIO
+) -> None:
+    """Leave git's own text merge in ``ours``: the working file then shows both sides.
+
+    Without it, git keeps ``%A`` as the working file, which during a rebase
+    is the upstream version: the user's own lines would vanish from view.
+    Where git cannot merge the text either (binary, git missing), ``%A``
+    stays as it was; git still has all three versions in the index.
+    """
+    from crdt_merge_driver import git  # noqa: PLC0415  # only here: keeps the merge path light
+
+    try:
+        git.merge_file(
+            ours, base, theirs, marker_size=marker_size, labels=("ours", "base", "theirs")
+        )
+    except (GitError, OSError) as error:
+        print(f"{PROGRAM}: git's text merge failed too ({_printable(str(error))}); "
+              "the file is as it was", file=log)  # fmt: skip
 
 
 def _defer_to_git(

@@ -4,7 +4,7 @@ Each bad file is tried as each of the three versions, with the other two
 good and different from each other (identical sides are returned as they
 are without reading the ancestor). The library raises `InputError` naming
 the version and the line; the driver, as git runs it, exits 1 (a conflict:
-git keeps all three stages), leaves ``%A`` byte for byte, and says in one
+git keeps all three stages), leaves git's own text merge in ``%A``, and says in one
 line which file, which version and which line.
 """
 
@@ -93,7 +93,9 @@ def test_merge_bytes_names_the_side_and_the_line(kind: str, side: str) -> None:
 
 
 @pytest.mark.parametrize(("kind", "side"), CASES)
-def test_driver_exits_1_and_leaves_ours_untouched(kind: str, side: str, tmp_path: Path) -> None:
+def test_driver_exits_1_and_leaves_gits_text_merge_in_ours(
+    kind: str, side: str, tmp_path: Path
+) -> None:
     files = versions(kind, side)
     paths = {}
     for version, suffix in zip(SIDES, ("O", "A", "B"), strict=True):
@@ -107,7 +109,16 @@ def test_driver_exits_1_and_leaves_ours_untouched(kind: str, side: str, tmp_path
     )  # fmt: skip
 
     assert result.returncode == 1, result.stderr
-    assert paths["ours"].read_bytes() == files["ours"]
+    copies = {}
+    for version in SIDES:  # the versions as git handed them, for git's own text merge
+        copies[version] = tmp_path / f"copy_{version}"
+        copies[version].write_bytes(files[version])
+    text_merge = subprocess.run(
+        ["git", "merge-file", "-p", "-L", "ours", "-L", "base", "-L", "theirs",
+         *(str(copies[version]) for version in ("ours", "ancestor", "theirs"))],
+        capture_output=True, check=False,
+    ).stdout  # fmt: skip
+    assert paths["ours"].read_bytes() == text_merge
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert "memory.jsonl" in lines[0]

@@ -371,28 +371,43 @@ def test_a_crlf_memory_file_keeps_crlf_through_a_merge(machines: tuple[Path, Pat
     assert gitrepo.git(server, "cat-file", "blob", f"HEAD:{MEMORY}").encode() == merged
 
 
-@pytest.mark.parametrize("side", ["ours, %A", "theirs, %B"])
-def test_conflict_markers_committed_on_one_side_stop_the_merge_with_all_stages_kept(
-    machines: tuple[Path, Path], side: str
+@pytest.mark.parametrize("way", ["pull --no-rebase", "pull --rebase", "cherry-pick"])
+@pytest.mark.parametrize("damaged_on", ["server", "laptop"])
+def test_a_refused_merge_leaves_both_sides_lines_with_markers_in_the_working_file(
+    machines: tuple[Path, Path], way: str, damaged_on: str
 ) -> None:
     laptop, server = machines
     share_start(laptop, server)
-    # A hand merge left its markers in. The server pulls: its file is %A, the laptop's %B.
+    # A hand merge left its markers in, on the server (the local side) or on the laptop.
     damaged = jsonl(*BASE_ENTITIES, b"<<<<<<< HEAD", entity("Dave"), b"=======", entity("Erin"),
                     b">>>>>>> theirs", *BASE_RELATIONS)  # fmt: skip
-    on_server, on_laptop = (damaged, LAPTOP) if side.startswith("ours") else (SERVER, damaged)
+    on_server, on_laptop = (damaged, LAPTOP) if damaged_on == "server" else (SERVER, damaged)
     gitrepo.commit_file(laptop, MEMORY, on_laptop)
     gitrepo.git(laptop, "push", "--quiet", "origin", "HEAD:main")
     gitrepo.commit_file(server, MEMORY, on_server)
 
-    result = take_in(server, "pull --no-rebase", "main")
+    result = take_in(server, way, "main")
 
     assert result.returncode == 1
     assert gitrepo.conflicted(server) == [MEMORY]
     stages = [line.split()[2] for line in gitrepo.git(server, "ls-files", "-u").splitlines()]
     assert stages == ["1", "2", "3"]
-    # git keeps %A as the working file and adds no markers of its own.
-    assert (server / MEMORY).read_bytes() == on_server
+    # The working file is git's own text merge of the three stages, whichever way
+    # the sides were swapped: the damaged side's lines are in view, with markers.
+    stage = {n: gitrepo.write(server, f".stage{n}", gitrepo.git(server, "show", f":{n}:{MEMORY}")
+                              .encode()) for n in (1, 2, 3)}  # fmt: skip
+    text_merge = subprocess.run(
+        ["git", "merge-file", "-p", "-L", "ours", "-L", "base", "-L", "theirs",
+         stage[2], stage[1], stage[3]], capture_output=True, check=False,
+    ).stdout  # fmt: skip
+    working = (server / MEMORY).read_bytes()
+    assert working == text_merge
+    assert entity("Dave") in working and entity("Erin") in working
+    assert b"\n<<<<<<< ours\n" in working and b"\n>>>>>>> theirs" in working
+    # A rebase replays the server's commit onto the laptop's: its file is then %B.
+    local, remote = ("theirs, %B", "ours, %A") if way == "pull --rebase" else (
+        "ours, %A", "theirs, %B")  # fmt: skip
+    side = local if damaged_on == "server" else remote
     assert (
         f"crdt-merge-driver: cannot merge memory.jsonl ({side}), line 4: conflict marker "
         "(a text merge was left unresolved); left for you to resolve"
