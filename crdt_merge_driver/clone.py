@@ -56,7 +56,7 @@ class Clone(NamedTuple):
         return any((self.git_dir / name).exists() for name in ("rebase-merge", "rebase-apply"))
 
 
-def say(log: TextIO, line: str) -> None:
+def say(log: TextIO, line: str, *, summary: bool = False) -> None:
     print(f"{PROGRAM}: {line}", file=log, flush=True)
 
 
