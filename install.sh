@@ -91,6 +91,19 @@ Commit the .gitattributes that install writes; every clone needs its own install
 EOF
 }
 
+# The schedule tests use the real `crontab` (setup writes the user's crontab).
+# As root on Debian/Ubuntu (CI), install it; elsewhere say what to install.
+need_crontab() {
+    command -v crontab >/dev/null 2>&1 && return
+    if (( EUID == 0 )) && command -v apt-get >/dev/null 2>&1; then
+        step "installing cron for the schedule tests (apt-get install cron)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron >/dev/null \
+            || die "apt-get install cron failed"
+        return
+    fi
+    die "crontab not found: the tests use the real one; install it (Debian/Ubuntu: apt-get install cron)"
+}
+
 run_tests() {
     need_git
     command -v node >/dev/null 2>&1 || die "node not found: the tests run the real MCP memory server; install Node >= $MIN_NODE and npm"
@@ -99,6 +112,7 @@ run_tests() {
     node_major="$(node -p 'process.versions.node.split(".")[0]')"
     (( node_major >= MIN_NODE )) || die "node is $(node --version); the memory server needs Node >= $MIN_NODE"
 
+    need_crontab
     make_venv
     step "installing crdt-merge-driver (editable) with its test tools"
     # Editable, so the driver processes that git starts import the same files

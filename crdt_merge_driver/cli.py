@@ -199,6 +199,38 @@ def _restore(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _setup(args: argparse.Namespace) -> int:
+    from crdt_merge_driver import setup
+
+    repo = _path(args.repo).absolute() if args.repo else None
+    if args.remove:
+        setup.remove(remote=args.remote, repo=repo, log=args.log)
+        return ExitCode.OK
+    if args.remote is None:
+        print(f"{PROGRAM}: setup: which remote? pass REMOTE (a URL or a path)", file=sys.stderr)
+        return ExitCode.USAGE
+    setup.setup(
+        remote=args.remote, repo=repo, memory=_path(args.memory) if args.memory else None,
+        branch=args.branch, kind=args.schedule, every=args.every, log=args.log,
+    )  # fmt: skip
+    return ExitCode.OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from crdt_merge_driver.status import render, status
+
+    found = status(
+        repo=_path(args.repo).absolute() if args.repo else None,
+        memory=_path(args.memory) if args.memory else None,
+        offline=args.offline,
+    )
+    for line in [json.dumps(found.as_json())] if args.json else render(found):
+        print(line)
+    return int(found.exit_code)
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from crdt_merge_driver.migration import migrate
 
@@ -246,6 +278,33 @@ def _log_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _setup_and_status(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+    setup = command("setup", _setup, "join a shared memory repository: clone, install, sync, "
+                    "schedule backups")  # fmt: skip
+    setup.add_argument("remote", metavar="REMOTE", nargs="?", help="the shared repository")
+    setup.add_argument("--repo", metavar="DIR",
+                       help="the clone (default $XDG_DATA_HOME/crdt-merge-driver/NAME)")
+    setup.add_argument("--memory", metavar="FILE",
+                       help="live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE)")
+    setup.add_argument("--branch", help="the branch (default: the remote's)")
+    setup.add_argument("--schedule", choices=("auto", "systemd", "cron", "none"),
+                       default="auto", help="how backups run (default auto)")
+    setup.add_argument("--every", type=int, default=15, metavar="MINUTES",
+                       help="minutes between backups (default 15)")
+    setup.add_argument("--remove", action="store_true",
+                       help="remove the schedule setup added (the clone and memory stay)")
+    _log_options(setup)
+
+    status = command("status", _status, "is this machine in sync, and when did it last back up")
+    status.add_argument("--repo", metavar="DIR",
+                        help="the clone (default $REPO_DIR, here, else the one setup made)")
+    status.add_argument("--memory", metavar="FILE",
+                        help="live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE, "
+                        "else the one setup noted)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--offline", action="store_true", help="do not fetch")
+
+
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -255,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
             "Merge AI agents' memory files (MCP memory server JSONL, older JSON arrays) "
             "inside git as a CRDT: no conflicts, nothing lost."
         ),
-        epilog="Try `crdt-merge-driver demo`, then run `crdt-merge-driver install` in your repo.",
+        epilog="Try `crdt-merge-driver demo`, then `crdt-merge-driver setup REMOTE` on each "
+        "machine (or `crdt-merge-driver install` in a repository you manage yourself).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -353,6 +413,8 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="do not write the merged memory back to the live file",
             )
+
+    _setup_and_status(command)
 
     migrate = command("migrate", _migrate, "fold older per-host JSON files into one memory.jsonl")
     migrate.add_argument("--repo", metavar="DIR", help="the repository (default: this folder)")

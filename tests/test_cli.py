@@ -41,6 +41,9 @@ COMMANDS = {
     ),
     "backup": ("--memory FILE", "--repo DIR", "--as PATH_IN_REPO", "--no-restore"),
     "restore": ("--memory FILE", "--repo DIR", "--as PATH_IN_REPO"),
+    "setup": ("REMOTE", "--repo DIR", "--memory FILE", "--branch BRANCH", "--schedule",
+              "--every MINUTES", "--remove", "-q, --quiet", "--log FILE"),
+    "status": ("--repo DIR", "--memory FILE", "--json", "--offline"),
     "migrate": ("--repo DIR", "--dry-run"),
     "demo": ("--keep DIR",),
 }

@@ -1,0 +1,196 @@
+"""``status``: is this machine's live file in sync with the shared repository, and since when.
+
+Read only: it fetches (unless ``--offline``) into the same remote-tracking
+refs sync uses, and never commits, pushes or writes the live file. "In sync"
+compares memory the way the server sees it (`live.server_form`): the live
+file against the file at the last-sync point (local changes), and the
+remote's tip against that point (changes not yet restored).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from crdt_merge_driver import PROGRAM, git, install, schedule
+from crdt_merge_driver.backup import DEFAULT_AS, _live_path, _Place, _records_in, _remote
+from crdt_merge_driver.clone import Clone, current_branch, find_url
+from crdt_merge_driver.errors import ExitCode, GitError
+from crdt_merge_driver.live import server_form
+from crdt_merge_driver.pending import Queue
+from crdt_merge_driver.sync import Transient, fetch
+
+MEMORY_KEY = "crdt-merge-driver.memory"  # where setup notes the clone's live file
+_FETCH_TIMEOUT = 30.0
+
+
+class Status(NamedTuple):
+    repo: Path
+    remote: str
+    url: str
+    branch: str
+    driver_ok: bool
+    driver_problems: list[str]
+    memory: Path
+    live_exists: bool
+    local_changes: bool
+    remote_ahead: bool | None  # None: the remote could not be asked
+    remote_error: str | None
+    fetched: bool
+    last_backup: str | None
+    last_backup_commit: str | None
+    last_restore: str | None
+    last_restore_commit: str | None
+    schedule: str | None
+    schedule_last_ran: str | None
+    waiting: list[str]
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.local_changes and self.remote_ahead is False
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if not self.driver_ok:
+            return ExitCode.NOT_CONFIGURED
+        return ExitCode.OK if self.in_sync else ExitCode.CONFLICT
+
+    def as_json(self) -> dict[str, Any]:
+        fields = {key: str(value) if isinstance(value, Path) else value
+                  for key, value in self._asdict().items()}  # fmt: skip
+        return {"in_sync": self.in_sync, **fields}
+
+
+def status(
+    *, repo: Path | None = None, memory: Path | None = None, offline: bool = False
+) -> Status:
+    top = find_clone(repo)
+    place = _place(top, memory)
+    clone = place.clone
+    diagnosis = install.doctor(repo=top, name=install.DEFAULT_NAME)
+    synced, own = place.rev(place.ref()), place.rev(place.ref(own=True))
+    at_sync = server_form(place.blob(synced) or b"")
+    queue = Queue(clone)
+    remote_error = None
+    if not offline:
+        try:
+            fetch(clone, _FETCH_TIMEOUT, queue)
+        except Transient as failure:
+            remote_error = failure.reason
+        except GitError as error:
+            remote_error = str(error)
+    tip = place.rev(clone.tracking)
+    remote_ahead = None if remote_error else (
+        tip is not None and tip != synced and server_form(place.blob(tip) or b"") != at_sync
+    )  # fmt: skip
+    try:
+        live: bytes | None = place.memory.read_bytes()
+    except FileNotFoundError:
+        live = None
+    if live is not None:
+        _records_in(place.memory, live)  # a live file that is not a memory file: one line
+    found = schedule.find(schedule.tag(top))
+    ran = schedule.log_path(top)
+    queue.resume()
+    waiting = sorted(queue.waiting()) + ([f"{queue.mine} (this clone's)"] if queue.mine else [])
+    backed = _last_move(place, place.ref(own=True)) or _commit_time(place, own)
+    return Status(
+        repo=top, remote=clone.remote, url=clone.url, branch=clone.branch,
+        driver_ok=diagnosis.healthy,
+        driver_problems=[line for line in diagnosis.lines if line.startswith("problem:")],
+        memory=place.memory, live_exists=live is not None,
+        local_changes=live is not None and server_form(live) != at_sync,
+        remote_ahead=remote_ahead, remote_error=remote_error, fetched=not offline,
+        last_backup=backed, last_backup_commit=own,
+        last_restore=_last_move(place, place.ref()), last_restore_commit=synced,
+        schedule=found.description if found else None,
+        schedule_last_ran=_iso(ran.stat().st_mtime) if ran.exists() else None,
+        waiting=waiting,
+    )  # fmt: skip
+
+
+def find_clone(repo: Path | None) -> Path:
+    """--repo, else $REPO_DIR, else this folder's clone, else the one clone setup made."""
+    if repo is None and os.environ.get("REPO_DIR"):
+        repo = Path(os.environ["REPO_DIR"])
+    if repo is None:
+        here = git.find_toplevel(Path.cwd())
+        made = [path for path in clones_folder().glob("*") if (path / ".git").exists()]
+        repo = here or (made[0] if len(made) == 1 else Path.cwd())
+    return install.find_toplevel(repo)
+
+
+def clones_folder() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / PROGRAM
+
+
+def _place(top: Path, memory: Path | None) -> _Place:
+    configured = git.read_config(MEMORY_KEY, cwd=top)
+    chosen = memory or (None if _env_memory() or not configured else Path(configured))
+    live = _live_path(chosen)
+    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    remote = _remote(top)
+    clone = Clone(top, git_dir, git.find_common_dir(top), {}, remote, find_url(top, remote), "")
+    return _Place(live, clone._replace(branch=current_branch(clone)), DEFAULT_AS)
+
+
+def _env_memory() -> bool:
+    return bool(os.environ.get("MEMORY_FILE_PATH") or os.environ.get("MEMORY_FILE"))
+
+
+def _last_move(place: _Place, ref: str) -> str | None:
+    """When ``ref`` last moved, from its reflog (setup turns reflogs on for these refs)."""
+    result = place.git("log", "-g", "-1", "--date=unix", "--format=%gd", ref, "--", check=False)
+    stamp = result.stdout.decode().strip().rpartition("@{")[2].rstrip("}")
+    return _iso(int(stamp)) if result.returncode == 0 and stamp.isdigit() else None
+
+
+def _commit_time(place: _Place, commit: str | None) -> str | None:
+    # Without a reflog: this machine's own version is committed when it backs up.
+    if commit is None:
+        return None
+    return _iso(int(place.git("log", "-1", "--format=%ct", commit).stdout.decode().strip()))
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
+
+
+def render(found: Status) -> list[str]:
+    """The few lines `status` prints."""
+    lines = [f"repository: {found.repo} (remote {found.remote} = {found.url}, "
+             f"branch {found.branch})"]  # fmt: skip
+    lines += (["driver: installed and working"] if found.driver_ok else
+              [f"driver: {problem}" for problem in found.driver_problems])  # fmt: skip
+    if not found.live_exists:
+        lines.append(f"live file: {found.memory} does not exist yet")
+    elif found.local_changes:
+        lines.append(f"live file: {found.memory} holds changes not backed up yet")
+    else:
+        lines.append(f"live file: {found.memory}: everything in it is backed up")
+    if found.remote_error:
+        lines.append(f"remote: unreachable ({found.remote_error}); not known whether it moved on")
+    else:
+        seen = "" if found.fetched else " (as of the last fetch: --offline)"
+        lines.append(f"remote: holds changes not restored here yet{seen}" if found.remote_ahead
+                     else f"remote: nothing new since this machine last synced{seen}")  # fmt: skip
+    lines.append(_when("last backup", found.last_backup, found.last_backup_commit))
+    lines.append(_when("last restore", found.last_restore, found.last_restore_commit))
+    if found.schedule is None:
+        lines.append(f"schedule: none (`{PROGRAM} setup` installs one)")
+    else:
+        lines.append(f"schedule: {found.schedule}; last ran "
+                     f"{found.schedule_last_ran or 'never (no log yet)'}")  # fmt: skip
+    lines += [f"waiting in the sync queue: {ref}" for ref in found.waiting]
+    command = f"{PROGRAM} backup --repo {found.repo} --memory {found.memory}"
+    lines.append("in sync" if found.in_sync else f"not in sync: run `{command}`")
+    return lines
+
+
+def _when(what: str, time: str | None, commit: str | None) -> str:
+    if commit is None:
+        return f"{what}: never"
+    return f"{what}: {time or 'time unknown'} (commit {commit[:12]})"
