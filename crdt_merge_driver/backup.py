@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -34,7 +34,13 @@ from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
 from crdt_merge_driver.clock import HybridClock
 from crdt_merge_driver.clone import Clone, say
 from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
-from crdt_merge_driver.live import machine_version, records_of, server_form, stamps_in
+from crdt_merge_driver.live import (
+    machine_version,
+    records_of,
+    same_graph,
+    server_form,
+    stamps_in,
+)
 from crdt_merge_driver.merge import merge_bytes
 from crdt_merge_driver.record import Key, Record
 
@@ -131,28 +137,44 @@ def backup(
     with _place(memory, repo, as_path, log) as place:
         for round_number in range(1, ROUNDS + 1):
             live = _read_live(place.memory)
-            _fetch(place)
+            reached = _fetch(place)
             base = _base(place, live, log)
-            clock = HybridClock(machine, wall=wall)
-            ours = _commit_machine_version(place, base, live, clock, machine=machine)
-            _integrate(place, ours)
-            # From here the live file (as read) is this commit, whatever happens
-            # next: a later backup builds on it, so a deletion made after a
-            # failed push is a deletion, not an echo of this commit.
-            _move(place, ours, own=True)
-            place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
+            # Idle: the live file holds nothing its last-sync point lacks. No
+            # commit, and a sync only for what an earlier run left unpushed.
+            fresh = base is None or not same_graph(place.blob(base) or b"", live)
+            if fresh:
+                clock = HybridClock(machine, wall=wall)
+                ours = _commit_machine_version(place, base, live, clock, machine=machine)
+                _integrate(place, ours)
+                # From here the live file (as read) is this commit, whatever happens
+                # next: a later backup builds on it, so a deletion made after a
+                # failed push is a deletion, not an echo of this commit.
+                _move(place, ours, own=True)
+            elif not reached:
+                say(log, f"warning: could not fetch from {place.clone.where} ({place.clone.url});"
+                         " what it has that this machine lacks comes with a later run")  # fmt: skip
+            if fresh or (reached and not _level(place)):
+                place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
             tip = _head(place)
             if not restore:
-                say(log, f"backed up {place.memory} as {place.as_path} ({ours[:12]})", summary=True)
-                return BackupResult(ours, round_number)
+                what = (f"backed up {place.memory} as {place.as_path} ({tip[:12]})" if fresh
+                        else _nothing_new(place, base, "the live file was left alone"))  # fmt: skip
+                say(log, what, summary=True)
+                return BackupResult(tip, round_number)
             try:
-                _write_live(place, tip, expect=live)
+                wrote = _write_live(place, tip, expect=live)
             except ChangedMeanwhile:
                 say(log, f"the memory server wrote {place.memory} meanwhile; again, round "
                           f"{round_number + 1}")  # fmt: skip
                 continue
             _move(place, tip)
-            say(log, f"backed up and restored {place.memory} at {tip[:12]}", summary=True)
+            if fresh:
+                what = f"backed up and restored {place.memory} at {tip[:12]}"
+            elif wrote:
+                what = _nothing_new(place, base, f"restored {place.clone.where} at {tip[:12]}")
+            else:
+                what = _nothing_new(place, base, f"{place.clone.where} has nothing newer")
+            say(log, what, summary=True)
             return BackupResult(tip, round_number)
     raise RefusedError(
         f"the memory server kept writing {place.memory} during {ROUNDS} rounds; everything it "
@@ -177,20 +199,24 @@ def restore(
         if place.blob(tip) is None:
             raise BackupError(f"nothing to restore: {place.as_path} is not in {place.top} yet")
         current = _read_or_none(place.memory)
-        if current is not None and not _restorable(place, _records_in(place.memory, current), tip):
+        if current is not None and not _restorable(place, _checked(place.memory, current), tip):
             raise RefusedError(
                 f"{place.memory} has memory that is not backed up yet; run "
                 f"`{PROGRAM} backup` instead (it merges, where restore would overwrite)"
             )
         try:
-            _write_live(place, tip, expect=current)
+            wrote = _write_live(place, tip, expect=current)
         except ChangedMeanwhile:
             raise RefusedError(
                 f"the memory server wrote {place.memory} while restoring; it was left alone: "
                 "run restore (or backup) again"
             ) from None
         _move(place, tip)
-        say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}", summary=True)
+        if wrote:
+            say(log, f"restored {place.memory} from {place.as_path} at {tip[:12]}", summary=True)
+        else:
+            say(log, f"{place.memory} holds {place.as_path} at {tip[:12]} already; nothing to "
+                     "restore", summary=True)  # fmt: skip
         return BackupResult(tip, 1)
 
 
@@ -244,6 +270,11 @@ def _read_live(memory: Path) -> bytes:
         data = memory.read_bytes()
     except FileNotFoundError:
         raise BackupError(f"memory file {memory} does not exist") from None
+    return _checked(memory, data)
+
+
+def _checked(memory: Path, data: bytes) -> bytes:
+    """``data``, once it is known to be a memory file (else a one-line error naming it)."""
     _records_in(memory, data)
     return data
 
@@ -263,11 +294,26 @@ def _read_or_none(memory: Path) -> bytes | None:
         return None
 
 
-def _fetch(place: _Place) -> None:
-    # Best effort: the stamps already pushed make this machine's clock move past
-    # them; sync fetches again (and retries) before it pushes.
-    with suppress(GitError):
-        place.git("fetch", "--quiet", place.remote, check=False, timeout=_FETCH_TIMEOUT)
+def _fetch(place: _Place) -> bool:
+    """Fetch the remote; whether it answered.
+
+    Best effort: the stamps already pushed make this machine's clock move
+    past them; sync fetches again (and retries) before it pushes.
+    """
+    try:
+        result = place.git("fetch", "--quiet", place.remote, check=False, timeout=_FETCH_TIMEOUT)
+    except GitError:  # timed out
+        return False
+    return result.returncode == 0
+
+
+def _level(place: _Place) -> bool:
+    """The branch is where the remote's is: nothing to push, nothing to bring in."""
+    return _head_or_none(place) == place.rev(f"refs/remotes/{place.remote}/{place.branch}")
+
+
+def _nothing_new(place: _Place, base: str | None, then: str) -> str:
+    return f"nothing new in {place.memory} since {(base or '')[:12]}; {then}"
 
 
 def _base(place: _Place, live: bytes, log: TextIO) -> str | None:
@@ -366,27 +412,38 @@ def _head_or_none(place: _Place) -> str | None:
     return place.rev("HEAD")
 
 
-def _restorable(place: _Place, current: dict[Key, Record], tip: str) -> bool:
+def _restorable(place: _Place, current: bytes, tip: str) -> bool:
     """Restoring loses nothing: the live file is empty, what was last synced, or the tip."""
-    if not current:
+    if not records_of(current):
         return True
-    view = server_form(b"\n".join(orjson.dumps(value) for value in current.values()))
     synced = place.blob(place.rev(place.ref()))
     candidates = [data for data in (synced, place.blob(tip)) if data is not None]
-    return any(server_form(data) == view for data in candidates)
+    return any(same_graph(data, current) for data in candidates)
 
 
-def _write_live(place: _Place, tip: str, *, expect: bytes | None) -> None:
+def _write_live(place: _Place, tip: str, *, expect: bytes | None) -> bool:
+    """Write the tip's memory into the live file; False if it holds that memory already.
+
+    Already holding it, whatever its line order or layout, the file is left
+    alone: the server reads the same graph, and an idle run writes nothing.
+    """
     merged = place.blob(tip)
     assert merged is not None  # the tip holds the file: it was just merged or checked
+    if expect is not None and same_graph(merged, expect):
+        return False
     mode = None if place.memory.exists() else 0o600  # a new memory file is private
     write_atomic(place.memory, server_form(merged), expect=expect, mode=mode)
+    return True
 
 
 def _move(place: _Place, commit: str, *, own: bool = False) -> None:
-    """Move the last-sync point (and, for this machine's own version, its ref too)."""
-    place.git("update-ref", place.ref(), commit)
-    if own:
-        place.git("update-ref", place.ref(own=True), commit)
+    """Move the last-sync point (and, for this machine's own version, its ref too).
+
+    A ref already there is not written again: with reflogs on (setup turns
+    them on for status), an idle run would otherwise log a move.
+    """
+    for ref in (place.ref(), place.ref(own=True)) if own else (place.ref(),):
+        if place.rev(ref) != commit:
+            place.git("update-ref", ref, commit)
 
 

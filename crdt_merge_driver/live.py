@@ -59,6 +59,21 @@ def server_form(data: Buffer) -> bytes:
     return b"\n".join(orjson.dumps(value) for value in (*entities, *relations))
 
 
+def same_graph(first: Buffer, second: Buffer) -> bool:
+    """Whether the server would hold the same memory reading either file.
+
+    The same records with the same server fields, whatever their line order,
+    key order, spacing or final newline; stamps and records the server cannot
+    hold do not count (the live file never has them).
+    """
+    return _graph(first) == _graph(second)
+
+
+def _graph(data: Buffer) -> dict[Key, Record]:
+    return {key: _server_fields(value) for key, value in records_of(data).items()
+            if value.get("type") in _SERVER_TYPES}  # fmt: skip
+
+
 def _only(value: Record, fields: tuple[str, ...]) -> Record:
     return {name: value[name] for name in fields if name in value}
 

@@ -2,7 +2,7 @@
 
 Read only: it fetches (unless ``--offline``) into the same remote-tracking
 refs sync uses, and never commits, pushes or writes the live file. "In sync"
-compares memory the way the server sees it (`live.server_form`): the live
+compares memory the way the server sees it (`live.same_graph`): the live
 file against the file at the last-sync point (local changes), and the
 remote's tip against that point (changes not yet restored).
 """
@@ -18,7 +18,7 @@ from crdt_merge_driver import PROGRAM, git, install, schedule
 from crdt_merge_driver.backup import DEFAULT_AS, _live_path, _Place, _records_in, _remote
 from crdt_merge_driver.clone import Clone, current_branch, find_url
 from crdt_merge_driver.errors import ExitCode, GitError
-from crdt_merge_driver.live import server_form
+from crdt_merge_driver.live import same_graph
 from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.sync import Transient, fetch
 
@@ -71,7 +71,7 @@ def status(
     clone = place.clone
     diagnosis = install.doctor(repo=top, name=install.DEFAULT_NAME)
     synced, own = place.rev(place.ref()), place.rev(place.ref(own=True))
-    at_sync = server_form(place.blob(synced) or b"")
+    at_sync = place.blob(synced) or b""
     queue = Queue(clone)
     remote_error = None
     if not offline:
@@ -83,7 +83,7 @@ def status(
             remote_error = str(error)
     tip = place.rev(clone.tracking)
     remote_ahead = None if remote_error else (
-        tip is not None and tip != synced and server_form(place.blob(tip) or b"") != at_sync
+        tip is not None and tip != synced and not same_graph(place.blob(tip) or b"", at_sync)
     )  # fmt: skip
     try:
         live: bytes | None = place.memory.read_bytes()
@@ -101,7 +101,7 @@ def status(
         driver_ok=diagnosis.healthy,
         driver_problems=[line for line in diagnosis.lines if line.startswith("problem:")],
         memory=place.memory, live_exists=live is not None,
-        local_changes=live is not None and server_form(live) != at_sync,
+        local_changes=live is not None and not same_graph(live, at_sync),
         remote_ahead=remote_ahead, remote_error=remote_error, fetched=not offline,
         last_backup=backed, last_backup_commit=own,
         last_restore=_last_move(place, place.ref()), last_restore_commit=synced,
