@@ -32,7 +32,7 @@ import orjson
 from crdt_merge_driver import PROGRAM, git, install, sync
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
 from crdt_merge_driver.clock import HybridClock
-from crdt_merge_driver.clone import Clone, say
+from crdt_merge_driver.clone import Clone, read_objects, say
 from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
 from crdt_merge_driver.live import (
     machine_version,
@@ -96,6 +96,36 @@ class _Place(NamedTuple):
         result = self.git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
         return result.stdout.decode().strip() or None
 
+    @property
+    def tracking(self) -> str:
+        return f"refs/remotes/{self.remote}/{self.branch}"
+
+    def revs(self, *names: str) -> list[str | None]:
+        """The commit each name points to (None where it does not), in one git process."""
+        found = read_objects(self.clone, [f"{name}^{{commit}}" for name in names])
+        return [each.oid if each else None for each in found]
+
+    def seen(self) -> _Seen | None:
+        """What `mark` last noted, if anything."""
+        try:
+            commit, digest = self._seen_file().read_text().split()
+        except (OSError, ValueError):
+            return None
+        return _Seen(commit, digest)
+
+    def mark(self, seen: _Seen) -> None:
+        """Note the live file's bytes as holding ``seen.commit``'s memory, for the next run.
+
+        Only a cache: the next backup skips reading and comparing the file when
+        its bytes are these. Lost or stale, the next run compares in full.
+        """
+        if self.seen() != seen:
+            write_atomic(self._seen_file(), f"{seen.commit} {seen.digest}\n".encode(),
+                         mode=0o644, durable=False)  # fmt: skip
+
+    def _seen_file(self) -> Path:
+        return self.git_dir / f"crdt-merge-driver-seen.{self.ref().rsplit('/', 1)[-1]}"
+
     def blob(self, commit: str | None) -> bytes | None:
         if commit is None:
             return None
@@ -136,12 +166,23 @@ def backup(
     machine = host or os.environ.get(HOST_VARIABLE) or socket.gethostname()
     with _place(memory, repo, as_path, log) as place:
         for round_number in range(1, ROUNDS + 1):
-            live = _read_live(place.memory)
+            live = _read_or_none(place.memory)
+            if live is None:
+                raise BackupError(f"memory file {place.memory} does not exist")
             reached = _fetch(place)
-            base = _base(place, live, log)
-            # Idle: the live file holds nothing its last-sync point lacks. No
-            # commit, and a sync only for what an earlier run left unpushed.
-            fresh = base is None or not same_graph(place.blob(base) or b"", live)
+            synced, own, head, tracking = place.revs(
+                place.ref(), place.ref(own=True), "HEAD", place.tracking
+            )
+            # Idle: the live file holds nothing its last-sync point lacks. Known
+            # at no parse when its bytes are those this machine last synced.
+            base: str | None = synced
+            if synced is not None and place.seen() == _Seen(synced, _digest(live)):
+                fresh = False
+            else:
+                _checked(place.memory, live)
+                base = _base(place, live, synced, own, log)
+                fresh = base is None or not same_graph(place.blob(base) or b"", live)
+            holds = base  # a commit whose memory the live file holds, if one is known
             if fresh:
                 clock = HybridClock(machine, wall=wall)
                 ours = _commit_machine_version(place, base, live, clock, machine=machine)
@@ -150,27 +191,32 @@ def backup(
                 # next: a later backup builds on it, so a deletion made after a
                 # failed push is a deletion, not an echo of this commit.
                 _move(place, ours, own=True)
+                holds = ours if base is not None else None  # a first backup adopts
             elif not reached:
                 say(log, f"warning: could not fetch from {place.clone.where} ({place.clone.url});"
                          " what it has that this machine lacks comes with a later run")  # fmt: skip
-            if fresh or (reached and not _level(place)):
+            # A sync only for what there is to land: this round's commit, what an
+            # earlier run left unpushed, or what the remote has that HEAD lacks.
+            if fresh or (reached and head != tracking):
                 place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
-            tip = _head(place)
+                head = None
+            tip = head or _head(place)
             if not restore:
                 what = (f"backed up {place.memory} as {place.as_path} ({tip[:12]})" if fresh
                         else _nothing_new(place, base, "the live file was left alone"))  # fmt: skip
                 say(log, what, summary=True)
                 return BackupResult(tip, round_number)
             try:
-                wrote = _write_live(place, tip, expect=live)
+                now = _write_live(place, tip, expect=live, holds=holds)
             except ChangedMeanwhile:
                 say(log, f"the memory server wrote {place.memory} meanwhile; again, round "
                           f"{round_number + 1}")  # fmt: skip
                 continue
-            _move(place, tip)
+            _move(place, tip, known=synced)
+            place.mark(_Seen(tip, _digest(now or live)))
             if fresh:
                 what = f"backed up and restored {place.memory} at {tip[:12]}"
-            elif wrote:
+            elif now is not None:
                 what = _nothing_new(place, base, f"restored {place.clone.where} at {tip[:12]}")
             else:
                 what = _nothing_new(place, base, f"{place.clone.where} has nothing newer")
@@ -265,14 +311,6 @@ def _remote(top: Path) -> str:
 # --- steps ------------------------------------------------------------------------
 
 
-def _read_live(memory: Path) -> bytes:
-    try:
-        data = memory.read_bytes()
-    except FileNotFoundError:
-        raise BackupError(f"memory file {memory} does not exist") from None
-    return _checked(memory, data)
-
-
 def _checked(memory: Path, data: bytes) -> bytes:
     """``data``, once it is known to be a memory file (else a one-line error naming it)."""
     _records_in(memory, data)
@@ -307,16 +345,13 @@ def _fetch(place: _Place) -> bool:
     return result.returncode == 0
 
 
-def _level(place: _Place) -> bool:
-    """The branch is where the remote's is: nothing to push, nothing to bring in."""
-    return _head_or_none(place) == place.rev(f"refs/remotes/{place.remote}/{place.branch}")
-
-
 def _nothing_new(place: _Place, base: str | None, then: str) -> str:
     return f"nothing new in {place.memory} since {(base or '')[:12]}; {then}"
 
 
-def _base(place: _Place, live: bytes, log: TextIO) -> str | None:
+def _base(
+    place: _Place, live: bytes, synced: str | None, own: str | None, log: TextIO
+) -> str | None:
     """What the live file was last made from: the last-sync point, as a rule.
 
     The exception: a tool call that read the live file before a restore
@@ -325,7 +360,6 @@ def _base(place: _Place, live: bytes, log: TextIO) -> str | None:
     the last-sync point would delete it all; building on this machine's own
     last version does not.
     """
-    synced, own = place.rev(place.ref()), place.rev(place.ref(own=True))
     if synced is None or own is None or own == synced:
         return synced
     restored, before = records_of(place.blob(synced) or b""), records_of(place.blob(own) or b"")
@@ -421,29 +455,47 @@ def _restorable(place: _Place, current: bytes, tip: str) -> bool:
     return any(same_graph(data, current) for data in candidates)
 
 
-def _write_live(place: _Place, tip: str, *, expect: bytes | None) -> bool:
-    """Write the tip's memory into the live file; False if it holds that memory already.
+def _write_live(
+    place: _Place, tip: str, *, expect: bytes | None, holds: str | None = None
+) -> bytes | None:
+    """Write the tip's memory into the live file: the bytes written, or None if it holds it.
 
-    Already holding it, whatever its line order or layout, the file is left
-    alone: the server reads the same graph, and an idle run writes nothing.
+    Already holding it (``holds``, the commit its memory is known to be, is
+    the tip; or the same graph in another line order or layout), the file is
+    left alone: the server reads the same memory, and an idle run writes
+    nothing.
     """
+    if expect is not None and tip == holds:
+        return None
     merged = place.blob(tip)
     assert merged is not None  # the tip holds the file: it was just merged or checked
     if expect is not None and same_graph(merged, expect):
-        return False
+        return None
     mode = None if place.memory.exists() else 0o600  # a new memory file is private
-    write_atomic(place.memory, server_form(merged), expect=expect, mode=mode)
-    return True
+    data = server_form(merged)
+    write_atomic(place.memory, data, expect=expect, mode=mode)
+    return data
 
 
-def _move(place: _Place, commit: str, *, own: bool = False) -> None:
+def _move(place: _Place, commit: str, *, own: bool = False, known: str | None = None) -> None:
     """Move the last-sync point (and, for this machine's own version, its ref too).
 
-    A ref already there is not written again: with reflogs on (setup turns
+    A ref already there is not written again (``known``: where the last-sync
+    point is, if the caller has just read it): with reflogs on (setup turns
     them on for status), an idle run would otherwise log a move.
     """
-    for ref in (place.ref(), place.ref(own=True)) if own else (place.ref(),):
-        if place.rev(ref) != commit:
-            place.git("update-ref", ref, commit)
+    if own:
+        place.git("update-ref", place.ref(own=True), commit)
+    if commit != (known or place.rev(place.ref())):
+        place.git("update-ref", place.ref(), commit)
 
 
+class _Seen(NamedTuple):
+    """The live file's bytes (their digest) when it last held the last-sync point's memory."""
+
+    commit: str
+    digest: str
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
