@@ -17,13 +17,17 @@ from typing import Any, NamedTuple
 from crdt_merge_driver import PROGRAM, git, install, schedule
 from crdt_merge_driver.backup import DEFAULT_AS, _live_path, _Place, _records_in, _remote
 from crdt_merge_driver.clone import Clone, current_branch, find_url
-from crdt_merge_driver.errors import ExitCode, GitError
+from crdt_merge_driver.errors import CrdtError, ExitCode, GitError
 from crdt_merge_driver.live import same_graph
 from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.sync import Transient, fetch
 
 MEMORY_KEY = "crdt-merge-driver.memory"  # where setup notes the clone's live file
 _FETCH_TIMEOUT = 30.0
+
+
+class StatusError(CrdtError):
+    """No single clone to report on."""
 
 
 class Status(NamedTuple):
@@ -112,14 +116,28 @@ def status(
 
 
 def find_clone(repo: Path | None) -> Path:
-    """--repo, else $REPO_DIR, else this folder's clone, else the one clone setup made."""
+    """--repo, else $REPO_DIR, else this folder's memory clone, else the one setup made.
+
+    This folder's clone counts only when it is a memory clone (setup noted a
+    live file there, or the driver is installed): `status` typed inside some
+    project's checkout must not report on that project.
+    """
     if repo is None and os.environ.get("REPO_DIR"):
         repo = Path(os.environ["REPO_DIR"])
     if repo is None:
         here = git.find_toplevel(Path.cwd())
+        if here is not None and _is_memory_clone(here):
+            return here
         made = [path for path in clones_folder().glob("*") if (path / ".git").exists()]
-        repo = here or (made[0] if len(made) == 1 else Path.cwd())
+        if len(made) > 1:
+            raise StatusError(f"{len(made)} clones under {clones_folder()}: pass --repo DIR")
+        repo = made[0] if made else here or Path.cwd()
     return install.find_toplevel(repo)
+
+
+def _is_memory_clone(top: Path) -> bool:
+    keys = (MEMORY_KEY, f"merge.{install.DEFAULT_NAME}.driver")
+    return any(git.read_config(key, cwd=top, scope="--local") for key in keys)
 
 
 def clones_folder() -> Path:

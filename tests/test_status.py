@@ -114,6 +114,20 @@ def test_status_finds_the_clone_and_live_file_setup_made(
     assert f"live file: {laptop.live}".encode() in result.stdout
 
 
+def test_status_inside_another_projects_checkout_reports_the_memory_clone(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop, _ = joined(tmp_path, remote, memory_server_factory)
+    project = tmp_path / "project"
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    env = {key: value for key, value in laptop.env().items() if key != "MEMORY_FILE_PATH"}
+    result = gitrepo.cli("status", cwd=project, env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"repository: {laptop.clone}".encode() in result.stdout
+    inside = gitrepo.cli("status", cwd=laptop.clone, env=env)  # a memory clone counts
+    assert f"repository: {laptop.clone}".encode() in inside.stdout, inside.stderr
+
+
 def test_waiting_queue_entries_are_listed(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
