@@ -108,8 +108,9 @@ def cron_marker(entry_tag: str) -> str:
 
 def cron_lines(entry: Entry) -> bytes:
     # cron runs the line with sh; `%` would end the command there, so it is escaped.
+    # No redirection: with --log only errors reach stderr, and cron mails those.
     command = " ".join(shlex.quote(arg) for arg in entry.argv).replace("%", "\\%")
-    line = f"{cron_timing(entry.every)} {command} >/dev/null 2>&1"
+    line = f"{cron_timing(entry.every)} {command}"
     return f"{cron_marker(entry.tag)}\n{line}\n".encode()
 
 

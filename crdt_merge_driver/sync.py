@@ -26,8 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-import tenacity
-
 from crdt_merge_driver import PROGRAM, checkout, git, install
 from crdt_merge_driver.clone import (
     ATTRIBUTES,
@@ -47,6 +45,14 @@ from crdt_merge_driver.lock import LOCK, lock
 from crdt_merge_driver.pending import Queue, Record
 from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
 from crdt_merge_driver.replay import Files, Memo, authorship, replay, replayable
+from crdt_merge_driver.retry import (
+    WAIT_FIRST,
+    WAIT_GROWTH,
+    WAIT_LOAD,
+    WAIT_LOAD_MAX,
+    WAIT_MAX,
+    retrying,
+)
 from crdt_merge_driver.verdict import MISSING_BRANCH, NO_ATOMIC, Transient, classify, refused
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
@@ -73,17 +79,6 @@ __all__ = [
     "sync",
 ]
 
-# The first retry waits up to WAIT_FIRST seconds, each later one up to
-# WAIT_GROWTH times as long, never more than WAIT_MAX (full jitter: uniform
-# from 0). On top, up to WAIT_LOAD times as long as the failed attempt took
-# (at most WAIT_LOAD_MAX): attempts slow down when many writers compete, so
-# a crowd spreads out at once instead of colliding for several rounds while
-# the exponential window grows. Measured with benchmarks/sync_bench.py.
-WAIT_FIRST = 0.25
-WAIT_GROWTH = 1.5
-WAIT_MAX = 4.0
-WAIT_LOAD = 10.0
-WAIT_LOAD_MAX = 8.0
 # Before the first attempt: when sync's own git commands so far (the lock,
 # the commit) waited more than WAIT_CROWD_FROM seconds for a CPU (wall time
 # minus the CPU they used), many writers share this machine and would all
@@ -94,10 +89,6 @@ WAIT_CROWD = 6.0
 # The same, for a sync that waits in the queue (pending.py) meanwhile: it only
 # has to stay out of the way of whoever lands first, which carries it too.
 WAIT_CROWD_QUEUED = 2.0
-# While the queue's first lands the waiting commits, a sync that waits for it
-# looks again after about WAIT_QUEUE_EACH seconds per commit waiting (50-100%):
-# each look is a fetch, and many at once would slow the one push that matters.
-WAIT_QUEUE_EACH = 0.05
 WAIT_CROWD_FROM = 0.1
 _MIN_NETWORK_TIMEOUT = 1.0
 
@@ -107,71 +98,6 @@ Clock = Callable[[], float]
 class SyncResult(NamedTuple):
     commit: str | None  # what the remote branch holds now; None if nothing was pushed
     attempts: int
-
-
-# --- the retry policy ---------------------------------------------------------
-
-
-class _StopAtDeadline(tenacity.stop.stop_base):
-    """Stop when the next wait would end past the deadline (the clock is injectable)."""
-
-    def __init__(self, deadline: float, clock: Clock) -> None:
-        self.at = clock() + deadline
-        self.clock = clock
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        # tenacity >= 8.3 computes the wait before asking stop; older ones do not.
-        upcoming = float(getattr(retry_state, "upcoming_sleep", 0.0))
-        return self.clock() + upcoming >= self.at
-
-
-class _WaitInProportion(tenacity.wait.wait_base):
-    """``factor`` times what ``measure`` reads from the failure (at most ``most``), jittered.
-
-    The jitter is uniform from ``low`` to 1 times that: from 0 to spread a
-    crowd, from 0.5 to look again no sooner than a landing can take.
-    """
-
-    def __init__(
-        self, measure: Callable[[Transient], float], *, factor: float, most: float, low: float
-    ) -> None:
-        self.measure = measure
-        self.factor, self.most, self.low = factor, most, low
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        failure = retry_state.outcome.exception() if retry_state.outcome else None
-        amount = self.measure(failure) if isinstance(failure, Transient) else 0.0
-        return min(self.most, self.factor * amount) * random.uniform(self.low, 1.0)  # noqa: S311
-
-
-def retrying(
-    *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO,
-    clock: Clock = time.monotonic,
-) -> tenacity.Retrying:  # fmt: skip
-    """The one retry policy: `Transient` failures, full-jitter waits, N attempts or a deadline."""
-
-    def report(state: tenacity.RetryCallState) -> None:
-        failure = state.outcome.exception() if state.outcome else None
-        reason = failure.reason if isinstance(failure, Transient) else str(failure)
-        wait = state.next_action.sleep if state.next_action else 0.0
-        say(log, f"sync attempt {state.attempt_number}: {reason}; next try in {wait:.2f}s")
-
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(Transient),
-        stop=tenacity.stop_after_attempt(attempts) | _StopAtDeadline(deadline, clock),
-        wait=tenacity.wait_random_exponential(
-            multiplier=WAIT_FIRST, max=WAIT_MAX, exp_base=WAIT_GROWTH
-        )
-        # as long as the failed attempt took: spread a crowd out
-        + _WaitInProportion(lambda failed: failed.took, factor=WAIT_LOAD, most=WAIT_LOAD_MAX,
-                            low=0.0)
-        # while another sync lands the queue: about as long as that takes
-        + _WaitInProportion(lambda failed: failed.queued, factor=WAIT_QUEUE_EACH,
-                            most=WAIT_LOAD_MAX, low=0.5),
-        sleep=sleep,
-        before_sleep=report,
-        reraise=True,
-    )
 
 
 # --- sync ---------------------------------------------------------------------

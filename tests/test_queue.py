@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from crdt_merge_driver import pending as pending_module
+from crdt_merge_driver import retry
 from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver.clone import Clone
 from crdt_merge_driver.errors import GaveUpError, GitError
@@ -339,7 +340,7 @@ def test_the_oldest_in_the_queue_lands_and_the_others_wait_for_it(
     result, log, waits = run(server, first_never_comes)
     assert log.count(f"waiting for {first}, first in the queue of 2, to land it") == 2
     # each look waits at least half of WAIT_QUEUE_EACH per waiting commit
-    assert all(wait >= sync_module.WAIT_QUEUE_EACH for wait in waits[1:3])
+    assert all(wait >= retry.WAIT_QUEUE_EACH for wait in waits[1:3])
     assert "carrying 1 other machines' waiting commits" in log
     assert result.attempts == 4
     assert names_on(origin) == {*SEED, "frank", "grace"}
