@@ -36,10 +36,10 @@ from crdt_merge_driver.clone import Clone, read_objects, say
 from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
 from crdt_merge_driver.live import (
     machine_version,
+    observe,
     records_of,
     same_graph,
     server_form,
-    stamps_in,
 )
 from crdt_merge_driver.merge import merge_bytes
 from crdt_merge_driver.record import Key, Record
@@ -389,7 +389,7 @@ def _commit_machine_version(
     head = _head_or_none(place) or tracking
     for seen in (place.blob(tracking), place.blob(head)):
         if seen:
-            clock.observe(stamps_in(records_of(seen).values()))
+            observe(clock, seen)
     if base is not None:
         version = machine_version(place.blob(base) or b"", live, clock)
         return _commit_file(place, base, version, machine=machine)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from crdt_merge_driver.clock import HybridClock, Stamp
+from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.live import machine_version, records_of, server_form
+from crdt_merge_driver.live import machine_version, observe, records_of, server_form
 from tests.gitrepo import entity, jsonl, relation
 
 STAMP = {"time": "2026-01-01T00:00:00.000000Z", "counter": 0, "host": "old"}
@@ -100,3 +100,23 @@ def test_hybrid_clock_never_runs_backwards() -> None:
     assert (second.micros, second.counter) > (first.micros, first.counter)
     clock.observe([Stamp(first.micros + 10, 3, "b")])
     assert clock.now() == Stamp(first.micros + 10, 4, "a")
+
+
+def test_a_parse_is_shared_by_value_and_never_changed_by_its_readers() -> None:
+    data = jsonl(entity("Ada", "person", ("a",)), relation("Ada", "Bob", "knows"))
+    first = records_of(data)
+    first.clear()  # a reader that changes its dict changes only its own
+    again = records_of(bytes(bytearray(data)))  # another object with the same bytes
+    assert again == records_of(bytearray(data)) and len(again) == 2
+
+
+def test_observing_a_file_moves_the_clock_past_its_latest_stamp() -> None:
+    stamps = {3: "2030-01-03T00:00:00Z", 1: "2030-01-01T00:00:00Z", 2: "2030-01-02T00:00:00Z"}
+    data = jsonl(*(entity(f"e{n}", _crdt={"time": at, "counter": n, "host": "x"})
+                   for n, at in stamps.items()))  # fmt: skip
+    latest = stamp_of(orjson.loads(data.splitlines()[0]))
+    assert latest is not None
+    for source in (data, bytearray(data)):
+        clock = clock_at(0)
+        observe(clock, source)
+        assert clock.now() == Stamp(latest.micros, 4, "laptop")
