@@ -83,10 +83,10 @@ def driver_command() -> str:
     # virtualenv on PATH still find the package. git runs the driver from the
     # top of the work tree, and a plain `python -m` puts that folder first on
     # sys.path, so a file committed to the memory repository (say, orjson.py)
-    # would run as code. -P keeps it off sys.path; -E ignores PYTHON*
-    # variables, so the driver imports the same modules from a shell, cron or
-    # a GUI client. Not -I: it also hides the user site, where
-    # `pip install --user` puts the package.
+    # would run as code. -P keeps it off sys.path; -E ignores PYTHONPATH and
+    # the like, so the driver imports the same modules from a shell, cron or a
+    # GUI client (site still honours PYTHONUSERBASE). Not -I: it also hides
+    # the user site, where `pip install --user` puts the package.
     python = shlex.quote(sys.executable)
     # "--": the path in the repository (%P) may start with "-".
     flags = " ".join(DRIVER_FLAGS)

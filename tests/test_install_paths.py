@@ -339,7 +339,8 @@ def test_ci_recipe_installs_from_the_repository_url_and_syncs(
 
 # An install command and what it installs: the first argument that is not an option.
 INSTALL_COMMAND = re.compile(
-    r"\b(pipx install|uv tool install|uv pip install|pip3? install)((?:\s+-\S+)*)\s+([^\s`]+)"
+    r"\b(pipx install|uv tool install|uv pip install|pip3? install)((?:\s+-[^\s`]+)*)"
+    r"\s+([^\s`-][^\s`]*)"
 )
 # What may follow: a folder, a git URL, the "PATH"/"URL" placeholders, or a variable.
 LOCAL_OR_URL = re.compile(r"""["']?(git\+|\.|/|~|\$|PATH|URL|"\$)""")
