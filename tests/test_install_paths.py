@@ -51,7 +51,7 @@ class Installed(NamedTuple):
         # The console script's #! line names the interpreter that install writes into git config.
         first = self.cli.read_text().splitlines()[0]
         assert first.startswith("#!/"), f"{self.cli} starts with {first!r}"
-        return first[2:].strip()
+        return first[2:].split()[0]  # pipx writes `#!.../python -E`
 
 
 def run(argv: list[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
@@ -67,10 +67,14 @@ def run(argv: list[str], *, cwd: Path | None = None, env: Mapping[str, str] | No
 
 
 def sealed(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a session-wide build: no git config, no pip config of the user's."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "PIP_"))}
+    """The environment of a session-wide build: a HOME of its own and no git config.
+
+    The machine's pip settings (PIP_INDEX_URL, PIP_CERT...) stay: they are how
+    its pip reaches a registry.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
     env |= {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}  # fmt: skip
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip
     return env | extra
 
 
@@ -164,14 +168,19 @@ def home_user_install(user_install: Installed) -> Installed:
     return Installed("user (~/.local)", user_install.cli, {"HOME": str(base.parent)})
 
 
+# pipx and uv are run as a user would, with the registry reachable; the
+# wheelhouse only saves them the downloads.
+
+
 @pytest.fixture(scope="session")
 def pipx_install(builds: Path, wheelhouse: Path, source: Path) -> Installed:
     pipx = shutil.which("pipx")
     if pipx is None:
         pytest.skip("pipx is not installed on this machine (`command -v pipx` finds nothing)")
     home = builds / "pipx-home"
-    env = offline(wheelhouse, home, PIPX_HOME=str(home / "pipx"), PIPX_BIN_DIR=str(home / "bin"))
-    run([pipx, "install", str(source)], env=env)
+    env = sealed(home, PIP_FIND_LINKS=str(wheelhouse), PIPX_HOME=str(home / "pipx"),
+                 PIPX_BIN_DIR=str(home / "bin"))  # fmt: skip
+    run([pipx, "install", "--python", str(base_python()), str(source)], env=env)
     return Installed("pipx", home / "bin" / "crdt-merge-driver")
 
 
@@ -183,7 +192,7 @@ def uv_install(builds: Path, wheelhouse: Path, source: Path) -> Installed:
     home = builds / "uv-home"
     env = sealed(home, UV_TOOL_DIR=str(home / "tools"), UV_TOOL_BIN_DIR=str(home / "bin"),
                  UV_NO_CONFIG="1")  # fmt: skip
-    run([uv, "tool", "install", "--offline", "--no-index", "--find-links", str(wheelhouse),
+    run([uv, "tool", "install", "--python", str(base_python()), "--find-links", str(wheelhouse),
          str(source)], env=env)  # fmt: skip
     return Installed("uv tool", home / "bin" / "crdt-merge-driver")
 
