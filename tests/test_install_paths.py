@@ -8,8 +8,8 @@ install` registers the driver, a real concurrent `git pull` merges the
 memory file, and `doctor` passes, then names a broken driver command.
 
 The registry is used once, to fetch the dependency wheels (and setuptools
-for the builds) into a wheelhouse; every install after that is offline from
-it, so the tests measure the install paths, not the network.
+for the builds) into a wheelhouse; the venv, --user and CI recipe installs
+are offline from it, so they measure the install paths, not the network.
 """
 
 from __future__ import annotations
