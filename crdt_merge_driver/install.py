@@ -27,6 +27,7 @@ import orjson
 
 from crdt_merge_driver import PROGRAM, git
 from crdt_merge_driver.atomic import write_atomic
+from crdt_merge_driver.driver import KILL_SWITCH
 from crdt_merge_driver.errors import CrdtError
 
 DEFAULT_PATTERNS = ("memory*.json", "memory*.jsonl", "unified-memory.json")
@@ -445,6 +446,8 @@ def explain_failure(driver: str, failure: str, fix: str) -> str:
             f"the interpreter {interpreter} does not exist (a removed virtualenv?); "
             f"run `{fix}` with the python that has {PROGRAM}"
         )
+    if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
+        return f"unset {KILL_SWITCH} to merge memory files with the driver again"
     if "No module named" not in failure:
         return f"run `{fix}` with a working python"
     if flags == ("-I",):

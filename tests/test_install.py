@@ -431,6 +431,22 @@ def test_doctor_tells_an_old_isolated_driver_to_reinstall(tmp_path: Path) -> Non
     ]
 
 
+def test_doctor_names_the_kill_switch_when_it_is_what_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    install_here(repo)
+    monkeypatch.setenv("CRDT_MERGE_DRIVER_DISABLE", "1")
+
+    [problem] = problems(repo)
+
+    assert problem.startswith(failed(repo, driver_command(), "exit 1").removesuffix("); "))
+    assert problem.endswith(
+        "(exit 1: crdt-merge-driver: CRDT_MERGE_DRIVER_DISABLE is set: memory.jsonl gets git's "
+        "text merge); unset CRDT_MERGE_DRIVER_DISABLE to merge memory files with the driver again"
+    )
+
+
 def test_doctor_names_an_interpreter_that_cannot_start(tmp_path: Path) -> None:
     repo = gitrepo.init_repo(tmp_path / "repo")
     install_here(repo)
