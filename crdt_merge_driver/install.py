@@ -16,16 +16,12 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-import orjson
-
-from crdt_merge_driver import PROGRAM, git
+from crdt_merge_driver import PROGRAM, git, probe
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.driver import KILL_SWITCH
 from crdt_merge_driver.errors import CrdtError
@@ -39,14 +35,6 @@ DRIVER_FLAGS = ("-E", "-P")
 # The interpreter options doctor accepts before `-m crdt_merge_driver`: today's,
 # -I (what earlier versions wrote; it hides the user site) and none.
 _KNOWN_FLAGS: tuple[tuple[str, ...], ...] = (DRIVER_FLAGS, ("-I",), ())
-_PROBE_TIMEOUT = 60.0
-# The test merge doctor runs: each side adds one entity to a shared ancestor.
-_PROBE_BASE = b'{"type":"entity","name":"doctor-base","entityType":"check","observations":[]}'
-_PROBE_SIDES = {
-    side: _PROBE_BASE + b'\n{"type":"entity","name":"doctor-' + side.encode()
-    + b'","entityType":"check","observations":[]}'
-    for side in ("ours", "theirs")
-}  # fmt: skip
 _FORGE_NOTE = (
     "note: web merge buttons (GitHub, GitLab, Gitea...) and libgit2-based clients do not "
     "run custom merge drivers; merge memory files with command-line git"
@@ -355,23 +343,7 @@ def diagnose_config(top: Path, name: str, driver: str | None, fix: str) -> list[
 
 
 def diagnose_driver(top: Path, name: str, driver: str, fix: str) -> str:
-    """Run the configured command on a tiny merge, the way git would, and check the result.
-
-    Inspecting the command cannot tell whether its python finds the package
-    (a user site hidden by -I, a removed virtualenv, a wrapper script): only
-    running it does.
-    """
-    with tempfile.TemporaryDirectory(prefix="crdt-merge-driver-doctor.") as folder:
-        paths = {}
-        for placeholder, content in (("O", _PROBE_BASE), ("A", _PROBE_SIDES["ours"]),
-                                     ("B", _PROBE_SIDES["theirs"])):  # fmt: skip
-            # git's own temp file names: no extension, so the driver reads the format.
-            paths[placeholder] = Path(folder, f".merge_file_{placeholder}")
-            paths[placeholder].write_bytes(content)
-        command = expand_placeholders(driver, {key: str(path) for key, path in paths.items()})
-        failure = run_probe(command, top)
-        if failure is None:
-            failure = check_probe(paths["A"].read_bytes())
+    failure = probe.try_merge(driver, cwd=top)
     if failure is None:
         return (
             f"ok: merge.{name}.driver merged a test memory file (run with `sh -c` from {top}, "
@@ -381,42 +353,6 @@ def diagnose_driver(top: Path, name: str, driver: str, fix: str) -> str:
         f"problem: merge.{name}.driver `{driver}` failed a test merge run as git runs it "
         f"({failure}); {explain_failure(driver, failure, fix)}"
     )
-
-
-def expand_placeholders(driver: str, paths: dict[str, str]) -> str:
-    # As git does: %O %A %B %P become shell-quoted paths, %L the marker size, %% a %.
-    values = {key: shlex.quote(path) for key, path in paths.items()}
-    values |= {"P": "memory.jsonl", "L": "7", "%": "%"}
-    return re.sub(r"%(.)", lambda found: values.get(found[1], found[0]), driver)
-
-
-def run_probe(command: str, top: Path) -> str | None:
-    try:
-        ran = subprocess.run(
-            ["sh", "-c", command], cwd=top, env=git.environment(), stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=_PROBE_TIMEOUT, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"could not be run: {error}"
-    if ran.returncode != 0:
-        said = ran.stderr.decode(errors="replace").strip().splitlines()
-        return f"exit {ran.returncode}" + (f": {said[-1]}" if said else "")
-    return None
-
-
-def check_probe(result: bytes) -> str | None:
-    names = set()
-    for line in result.splitlines():
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return "exit 0, but %A is not JSONL"
-        if isinstance(record, dict):
-            names.add(record.get("name"))
-    wanted = {"doctor-base", "doctor-ours", "doctor-theirs"}
-    if not wanted <= names:
-        return f"exit 0, but %A lacks {', '.join(sorted(wanted - names))}"
-    return None
 
 
 def parse_driver(driver: str) -> tuple[str, tuple[str, ...]] | None:

@@ -470,8 +470,11 @@ def test_doctor_names_an_interpreter_that_cannot_start(tmp_path: Path) -> None:
         ("true", "exit 0, but %A lacks doctor-theirs"),
         ("python -m 'crdt_merge_driver merge", "exit 2: sh: "),  # then the shell's words
         ("exit 3", "exit 3"),
+        ("rm %A", "exit 0, but %A is gone"),
+        ("echo '{' > %A", "exit 0, but %A is not JSONL"),
+        ("cp %B %A", "exit 0, but %A lacks doctor-ours"),
     ],
-    ids=["cat", "true", "bad-quote", "exit-3"],
+    ids=["cat", "true", "bad-quote", "exit-3", "rm", "garbage", "theirs"],
 )
 def test_doctor_flags_a_command_that_is_not_the_driver(
     tmp_path: Path, command: str, reason: str
