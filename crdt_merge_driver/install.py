@@ -3,7 +3,8 @@
 `install` owns three config keys (``merge.<name>.name``, ``.driver``,
 ``.recursive``) and one marked block of attribute lines; `uninstall`
 removes exactly those, so a repository goes back to the same bytes.
-`doctor` exists for the failure git never reports: an attribute that names
+`doctor` runs the configured driver on a test merge, as git would, and looks
+for the failure git never reports: an attribute that names
 a driver this clone has not configured makes git fall back to its text
 merge, and the memory file gets conflict markers.
 """
@@ -15,14 +16,14 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from crdt_merge_driver import PROGRAM, git
+from crdt_merge_driver import PROGRAM, git, probe
 from crdt_merge_driver.atomic import write_atomic
+from crdt_merge_driver.driver import KILL_SWITCH
 from crdt_merge_driver.errors import CrdtError
 
 DEFAULT_PATTERNS = ("memory*.json", "memory*.jsonl", "unified-memory.json")
@@ -30,7 +31,10 @@ DESCRIPTION = "CRDT merge of AI-agent memory files (crdt-merge-driver)"
 # cli.DRIVER_NAME, repeated so that the library does not import the CLI.
 DEFAULT_NAME = "crdt-memory"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_IMPORT_TIMEOUT = 60.0
+DRIVER_FLAGS = ("-E", "-P")
+# The interpreter options doctor accepts before `-m crdt_merge_driver`: today's,
+# -I (what earlier versions wrote; it hides the user site) and none.
+_KNOWN_FLAGS: tuple[tuple[str, ...], ...] = (DRIVER_FLAGS, ("-I",), ())
 _FORGE_NOTE = (
     "note: web merge buttons (GitHub, GitLab, Gitea...) and libgit2-based clients do not "
     "run custom merge drivers; merge memory files with command-line git"
@@ -65,13 +69,17 @@ class _Block(NamedTuple):
 
 def driver_command() -> str:
     # The absolute interpreter, so that cron, CI and GUI clients without the
-    # virtualenv on PATH still find the package. -I (isolated): git runs the
-    # driver from the top of the work tree, and without -I python would put
-    # that folder first on sys.path, so a file committed to the memory
-    # repository (say, orjson.py) could run as code. It also starts faster.
+    # virtualenv on PATH still find the package. git runs the driver from the
+    # top of the work tree, and a plain `python -m` puts that folder first on
+    # sys.path, so a file committed to the memory repository (say, orjson.py)
+    # would run as code. -P keeps it off sys.path; -E ignores PYTHONPATH and
+    # the like, so the driver imports the same modules from a shell, cron or a
+    # GUI client (site still honours PYTHONUSERBASE). Not -I: it also hides
+    # the user site, where `pip install --user` puts the package.
     python = shlex.quote(sys.executable)
     # "--": the path in the repository (%P) may start with "-".
-    return f"{python} -I -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
+    flags = " ".join(DRIVER_FLAGS)
+    return f"{python} {flags} -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
 
 
 def install(*, repo: Path, scope_global: bool, patterns: list[str] | None, name: str) -> list[str]:
@@ -318,7 +326,7 @@ def diagnose_config(top: Path, name: str, driver: str | None, fix: str) -> list[
         ]
     lines = [
         f"ok: merge.{name}.driver is set: {driver}",
-        diagnose_interpreter(top, name, driver, fix),
+        diagnose_driver(top, name, driver, fix),
     ]
     recursive = git.read_config(f"merge.{name}.recursive", cwd=top)
     if recursive in (None, name):
@@ -334,37 +342,59 @@ def diagnose_config(top: Path, name: str, driver: str | None, fix: str) -> list[
     return lines
 
 
-def diagnose_interpreter(top: Path, name: str, driver: str, fix: str) -> str:
+def diagnose_driver(top: Path, name: str, driver: str, fix: str) -> str:
+    failure = probe.try_merge(driver, cwd=top)
+    if failure is None:
+        return (
+            f"ok: merge.{name}.driver merged a test memory file (run with `sh -c` from {top}, "
+            "as git runs it)"
+        )
+    return (
+        f"problem: merge.{name}.driver `{driver}` failed a test merge run as git runs it "
+        f"({failure}); {explain_failure(driver, failure, fix)}"
+    )
+
+
+def parse_driver(driver: str) -> tuple[str, tuple[str, ...]] | None:
+    """The interpreter and its options in `<python> [options] -m crdt_merge_driver ...`."""
     try:
         argv = shlex.split(driver)
     except ValueError:
-        argv = []
-    if argv[1:3] != ["-m", "crdt_merge_driver"] and argv[1:4] != ["-I", "-m", "crdt_merge_driver"]:
+        return None
+    for flags in _KNOWN_FLAGS:
+        if argv[1 : len(flags) + 3] == [*flags, "-m", "crdt_merge_driver"]:
+            return argv[0], flags
+    return None
+
+
+def explain_failure(driver: str, failure: str, fix: str) -> str:
+    """What to do about a failed test merge, from what the command names."""
+    parsed = parse_driver(driver)
+    if parsed is None:
         return (
-            f"problem: merge.{name}.driver does not run `<python> -I -m crdt_merge_driver`; "
+            f"it does not run `<python> {' '.join(DRIVER_FLAGS)} -m crdt_merge_driver`; "
             f"run `{fix}` to replace it"
         )
-    python = shutil.which(argv[0])
+    interpreter, flags = parsed
+    python = shutil.which(interpreter)
     if python is None:
         return (
-            f"problem: the interpreter {argv[0]} named by merge.{name}.driver does not exist "
-            f"(a removed virtualenv?); run `{fix}` with the python that has {PROGRAM}"
+            f"the interpreter {interpreter} does not exist (a removed virtualenv?); "
+            f"run `{fix}` with the python that has {PROGRAM}"
         )
-    # Run it the way git will: from the top of the work tree.
-    try:
-        imported = subprocess.run(
-            [python, "-I", "-c", "import crdt_merge_driver"],
-            cwd=top, capture_output=True, timeout=_IMPORT_TIMEOUT, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"problem: {python} could not be run ({error}); run `{fix}` with a working python"
-    if imported.returncode != 0:
+    if os.environ.get(KILL_SWITCH, "") not in ("", "0"):
+        return f"unset {KILL_SWITCH} to merge memory files with the driver again"
+    if "No module named" not in failure:
+        return f"run `{fix}` with a working python"
+    if flags == ("-I",):
         return (
-            f"problem: {python} cannot import crdt_merge_driver; run "
-            f"`{shlex.quote(python)} -m pip install crdt-merge-driver`, or `{fix}` "
-            "from the environment that has it"
+            f"-I hides the user site, where `pip install --user` puts {PROGRAM}; "
+            f"run `{fix}` to rewrite it with {' '.join(DRIVER_FLAGS)}"
         )
-    return f"ok: {python} runs and imports crdt_merge_driver"
+    return (
+        f"{python} cannot import crdt_merge_driver: install {PROGRAM} into it "
+        f"(docs/install.md), or run `{fix}` from the environment that has it"
+    )
 
 
 def is_memory_file(path: str) -> bool:

@@ -146,5 +146,7 @@ def _bring_together(top: Path, live: Path, log: TextIO) -> None:
 
 def _backup_argv(top: Path, live: Path) -> list[str]:
     # Absolute paths: cron and systemd start it from $HOME, with a bare PATH.
-    return [sys.executable, "-I", "-m", "crdt_merge_driver", "backup", "--repo", str(top),
-            "--memory", str(live), "--log", str(schedule.log_path(top))]  # fmt: skip
+    # The merge driver's interpreter options: -I would hide a `pip install --user` package.
+    return [sys.executable, *install.DRIVER_FLAGS, "-m", "crdt_merge_driver", "backup",
+            "--repo", str(top), "--memory", str(live),
+            "--log", str(schedule.log_path(top))]  # fmt: skip

@@ -57,7 +57,7 @@ def test_install_writes_the_three_keys_and_the_attribute_lines(tmp_path: Path) -
     assert config(repo, f"merge.{NAME}.name") == description
     python = shlex.quote(sys.executable)
     assert config(repo, f"merge.{NAME}.driver") == (
-        f"{python} -I -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
+        f"{python} -E -P -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
     )
     assert config(repo, f"merge.{NAME}.recursive") == NAME
     created_marker = f"{MARKER} (and this file, which install created)"
@@ -78,7 +78,9 @@ def test_driver_command_quotes_an_interpreter_path_with_spaces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sys, "executable", "/opt/my tools/bin/python")
-    assert driver_command().startswith("'/opt/my tools/bin/python' -I -m crdt_merge_driver merge ")
+    assert driver_command().startswith(
+        "'/opt/my tools/bin/python' -E -P -m crdt_merge_driver merge "
+    )
 
 
 def test_install_twice_changes_nothing(tmp_path: Path) -> None:
@@ -366,16 +368,28 @@ def problems(repo: Path) -> list[str]:
     return found
 
 
+def failed(repo: Path, command: str, reason: str) -> str:
+    """The problem line doctor gives for a driver command whose test merge failed."""
+    return (
+        f"problem: merge.{NAME}.driver `{command}` failed a test merge run as git runs it "
+        f"({reason}); "
+    )
+
+
 def test_doctor_names_an_interpreter_that_is_gone(tmp_path: Path) -> None:
     repo = gitrepo.init_repo(tmp_path / "repo")
     install_here(repo)
-    write_driver(repo, "/gone/venv/bin/python -m crdt_merge_driver merge %O %A %B %P")
+    command = "/gone/venv/bin/python -m crdt_merge_driver merge %O %A %B %P"
+    write_driver(repo, command)
 
-    assert problems(repo) == [
-        f"problem: the interpreter /gone/venv/bin/python named by merge.{NAME}.driver does not "
-        f"exist (a removed virtualenv?); run `crdt-merge-driver install --repo {repo}` with the "
-        "python that has crdt-merge-driver"
-    ]
+    [problem] = problems(repo)
+
+    # What sh says then (dash: "sh: 1: /gone/venv/bin/python: not found") differs between shells.
+    assert problem.startswith(failed(repo, command, "exit 127: sh: ").removesuffix("); "))
+    assert problem.endswith(
+        "); the interpreter /gone/venv/bin/python does not exist (a removed virtualenv?); "
+        f"run `crdt-merge-driver install --repo {repo}` with the python that has crdt-merge-driver"
+    )
 
 
 def test_doctor_names_an_interpreter_that_cannot_import_the_package(tmp_path: Path) -> None:
@@ -383,15 +397,54 @@ def test_doctor_names_an_interpreter_that_cannot_import_the_package(tmp_path: Pa
     install_here(repo)
     python = tmp_path / "bin" / "python"
     python.parent.mkdir()
-    python.write_text("#!/bin/sh\nexit 1\n")
+    python.write_text("#!/bin/sh\necho \"$0: No module named crdt_merge_driver\" >&2\nexit 1\n")
     python.chmod(0o755)
-    write_driver(repo, f"{python} -m crdt_merge_driver merge %O %A %B %P")
+    command = f"{python} -E -P -m crdt_merge_driver merge %O %A %B %P"
+    write_driver(repo, command)
 
     assert problems(repo) == [
-        f"problem: {python} cannot import crdt_merge_driver; run `{python} -m pip install "
-        f"crdt-merge-driver`, or `crdt-merge-driver install --repo {repo}` from the environment "
-        "that has it"
+        failed(repo, command, f"exit 1: {python}: No module named crdt_merge_driver")
+        + f"{python} cannot import crdt_merge_driver: install crdt-merge-driver into it "
+        f"(docs/install.md), or run `crdt-merge-driver install --repo {repo}` from the "
+        "environment that has it"
     ]
+
+
+def test_doctor_tells_an_old_isolated_driver_to_reinstall(tmp_path: Path) -> None:
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    install_here(repo)
+    # The -I form earlier versions wrote still works where the package is not in the user site.
+    write_driver(repo, driver_command().replace(" -E -P ", " -I "))
+    assert problems(repo) == []
+
+    # Where it is, -I keeps it off sys.path (tests/test_install_paths.py does it for real).
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho 'No module named crdt_merge_driver' >&2\nexit 1\n")
+    python.chmod(0o755)
+    command = f"{python} -I -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
+    write_driver(repo, command)
+
+    assert problems(repo) == [
+        failed(repo, command, "exit 1: No module named crdt_merge_driver")
+        + "-I hides the user site, where `pip install --user` puts crdt-merge-driver; run "
+        f"`crdt-merge-driver install --repo {repo}` to rewrite it with -E -P"
+    ]
+
+
+def test_doctor_names_the_kill_switch_when_it_is_what_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    install_here(repo)
+    monkeypatch.setenv("CRDT_MERGE_DRIVER_DISABLE", "1")
+
+    [problem] = problems(repo)
+
+    assert problem.startswith(failed(repo, driver_command(), "exit 1").removesuffix("); "))
+    assert problem.endswith(
+        "(exit 1: crdt-merge-driver: CRDT_MERGE_DRIVER_DISABLE is set: memory.jsonl gets git's "
+        "text merge); unset CRDT_MERGE_DRIVER_DISABLE to merge memory files with the driver again"
+    )
 
 
 def test_doctor_names_an_interpreter_that_cannot_start(tmp_path: Path) -> None:
@@ -400,24 +453,73 @@ def test_doctor_names_an_interpreter_that_cannot_start(tmp_path: Path) -> None:
     python = tmp_path / "python"
     python.write_text("#!/no/such/interpreter\n")
     python.chmod(0o755)
-    write_driver(repo, f"{python} -m crdt_merge_driver merge %O %A %B %P")
+    command = f"{python} -m crdt_merge_driver merge %O %A %B %P"
+    write_driver(repo, command)
 
     [problem] = problems(repo)
 
-    assert problem.startswith(f"problem: {python} could not be run (")
+    # The shell's words for a missing #! interpreter differ between shells.
+    assert problem.startswith(failed(repo, command, "exit 127: ").removesuffix("); "))
     assert problem.endswith(f"run `crdt-merge-driver install --repo {repo}` with a working python")
 
 
-@pytest.mark.parametrize("command", ["cat %A", "python -m 'crdt_merge_driver merge"])
-def test_doctor_flags_a_command_that_is_not_the_driver(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("cat %A", "exit 0, but %A lacks doctor-theirs"),
+        ("true", "exit 0, but %A lacks doctor-theirs"),
+        ("python -m 'crdt_merge_driver merge", "exit 2: sh: "),  # then the shell's words
+        ("exit 3", "exit 3"),
+        ("rm %A", "exit 0, but %A is gone"),
+        ("echo '{' > %A", "exit 0, but %A is not JSONL"),
+        ("cp %B %A", "exit 0, but %A lacks doctor-ours"),
+    ],
+    ids=["cat", "true", "bad-quote", "exit-3", "rm", "garbage", "theirs"],
+)
+def test_doctor_flags_a_command_that_is_not_the_driver(
+    tmp_path: Path, command: str, reason: str
+) -> None:
     repo = gitrepo.init_repo(tmp_path / "repo")
     install_here(repo)
     write_driver(repo, command)
 
-    assert problems(repo) == [
-        f"problem: merge.{NAME}.driver does not run `<python> -I -m crdt_merge_driver`; "
+    [problem] = problems(repo)
+
+    assert problem.startswith(failed(repo, command, reason).removesuffix("); "))
+    assert problem.endswith(
+        "); it does not run `<python> -E -P -m crdt_merge_driver`; "
         f"run `crdt-merge-driver install --repo {repo}` to replace it"
+    )
+
+
+def test_doctor_runs_the_driver_as_git_does_from_the_top_of_the_work_tree(
+    tmp_path: Path,
+) -> None:
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    install_here(repo)
+    # A module committed to the memory repository must not be importable by the driver.
+    gitrepo.commit_file(repo, "orjson.py", b"raise SystemExit('orjson.py of the work tree ran')")
+    assert problems(repo) == []
+
+    command = f"{sys.executable} -m crdt_merge_driver merge --marker-size %L -- %O %A %B %P"
+    write_driver(repo, command)  # no -P: the work tree comes first on sys.path
+
+    assert problems(repo) == [
+        failed(repo, command, "exit 1: orjson.py of the work tree ran")
+        + f"run `crdt-merge-driver install --repo {repo}` with a working python"
     ]
+
+
+def test_doctor_passes_a_wrapper_that_runs_the_driver(tmp_path: Path) -> None:
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    install_here(repo)
+    wrapper = tmp_path / "my driver"
+    python = shlex.quote(sys.executable)
+    wrapper.write_text(f'#!/bin/sh\nexec {python} -E -P -m crdt_merge_driver "$@"\n')
+    wrapper.chmod(0o755)
+    write_driver(repo, f"{shlex.quote(str(wrapper))} merge -- %O %A %B %P")
+
+    assert problems(repo) == []
 
 
 def test_doctor_flags_a_foreign_command_and_a_foreign_recursive_driver(tmp_path: Path) -> None:
@@ -430,8 +532,9 @@ def test_doctor_flags_a_foreign_command_and_a_foreign_recursive_driver(tmp_path:
 
     fix = f"crdt-merge-driver install --repo {repo} --name mine"
     assert found[1] == (
-        f"problem: merge.mine.driver does not run `<python> -I -m crdt_merge_driver`; run `{fix}` "
-        "to replace it"
+        "problem: merge.mine.driver `cat %A` failed a test merge run as git runs it (exit 0, but "
+        "%A lacks doctor-theirs); it does not run `<python> -E -P -m crdt_merge_driver`; "
+        f"run `{fix}` to replace it"
     )
     assert found[2] == (
         "problem: merge.mine.recursive is `binary`: criss-cross merges build their virtual "

@@ -178,7 +178,7 @@ def test_cron_schedule_is_added_once_and_removed_byte_for_byte(
     added = read_crontab()
     assert added is not None and added.startswith(mine)
     line = added[len(mine):].decode().splitlines()[1]
-    assert line.startswith(f"*/10 * * * * {sys.executable} -I -m crdt_merge_driver backup")
+    assert line.startswith(f"*/10 * * * * {sys.executable} -E -P -m crdt_merge_driver backup")
     assert f"--repo {lone.clone}" in line and f"--memory {lone.live}" in line
     assert f"--log {lone.home / 'state' / 'crdt-merge-driver'}" in line
 
