@@ -473,8 +473,9 @@ def test_doctor_names_an_interpreter_that_cannot_start(tmp_path: Path) -> None:
         ("rm %A", "exit 0, but %A is gone"),
         ("echo '{' > %A", "exit 0, but %A is not JSONL"),
         ("cp %B %A", "exit 0, but %A lacks doctor-ours"),
+        ("echo 1 > %A", "exit 0, but %A lacks doctor-base, doctor-ours, doctor-theirs"),
     ],
-    ids=["cat", "true", "bad-quote", "exit-3", "rm", "garbage", "theirs"],
+    ids=["cat", "true", "bad-quote", "exit-3", "rm", "garbage", "theirs", "not-records"],
 )
 def test_doctor_flags_a_command_that_is_not_the_driver(
     tmp_path: Path, command: str, reason: str
