@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crdt_merge_driver import git
+from crdt_merge_driver import git, probe
 from crdt_merge_driver.install import (
     DEFAULT_PATTERNS,
     InstallError,
@@ -473,8 +473,9 @@ def test_doctor_names_an_interpreter_that_cannot_start(tmp_path: Path) -> None:
         ("rm %A", "exit 0, but %A is gone"),
         ("echo '{' > %A", "exit 0, but %A is not JSONL"),
         ("cp %B %A", "exit 0, but %A lacks doctor-ours"),
+        ("echo 1 > %A", "exit 0, but %A lacks doctor-base, doctor-ours, doctor-theirs"),
     ],
-    ids=["cat", "true", "bad-quote", "exit-3", "rm", "garbage", "theirs"],
+    ids=["cat", "true", "bad-quote", "exit-3", "rm", "garbage", "theirs", "not-records"],
 )
 def test_doctor_flags_a_command_that_is_not_the_driver(
     tmp_path: Path, command: str, reason: str
@@ -489,6 +490,22 @@ def test_doctor_flags_a_command_that_is_not_the_driver(
     assert problem.endswith(
         "); it does not run `<python> -E -P -m crdt_merge_driver`; "
         f"run `crdt-merge-driver install --repo {repo}` to replace it"
+    )
+
+
+def test_doctor_gives_up_on_a_driver_that_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = gitrepo.init_repo(tmp_path / "repo")
+    install_here(repo)
+    write_driver(repo, "sleep 30")
+    monkeypatch.setattr(probe, "TIMEOUT", 0.2)
+
+    [problem] = problems(repo)
+
+    assert problem.startswith(
+        failed(repo, "sleep 30", "could not be run: Command '['sh', '-c', 'sleep 30']' timed out")
+        .removesuffix("); ")
     )
 
 
