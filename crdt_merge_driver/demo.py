@@ -50,11 +50,13 @@ class Memory:
     def _load(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         entities, relations = [], []
         if self.path.exists():
+            # Copies: `records_of` shares its records with later reads of the
+            # same bytes, and the tools below edit what they load.
             for value in records_of(self.path.read_bytes()).values():
                 if value.get("type") == "entity":
-                    entities.append(value)
+                    entities.append({**value, "observations": list(value["observations"])})
                 elif value.get("type") == "relation":
-                    relations.append(value)
+                    relations.append(dict(value))
         return entities, relations
 
     def _save(self, entities: list[dict[str, Any]], relations: list[dict[str, Any]]) -> None:
