@@ -168,13 +168,18 @@ def home_user_install(user_install: Installed) -> Installed:
     return Installed("user (~/.local)", user_install.cli, {"HOME": str(base.parent)})
 
 
+def tool(name: str) -> str | None:
+    """The machine's ``name``, else the one the test extra put beside this python (CI)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
 # pipx and uv are run as a user would, with the registry reachable; the
 # wheelhouse only saves them the downloads.
 
 
 @pytest.fixture(scope="session")
 def pipx_install(builds: Path, wheelhouse: Path, source: Path) -> Installed:
-    pipx = shutil.which("pipx")
+    pipx = tool("pipx")
     if pipx is None:
         pytest.skip("pipx is not installed on this machine (`command -v pipx` finds nothing)")
     home = builds / "pipx-home"
@@ -186,7 +191,7 @@ def pipx_install(builds: Path, wheelhouse: Path, source: Path) -> Installed:
 
 @pytest.fixture(scope="session")
 def uv_install(builds: Path, wheelhouse: Path, source: Path) -> Installed:
-    uv = shutil.which("uv")
+    uv = tool("uv")
     if uv is None:
         pytest.skip("uv is not installed on this machine (`command -v uv` finds nothing)")
     home = builds / "uv-home"
