@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
+from typing import TextIO, cast
 
 import pytest
 
@@ -85,6 +86,13 @@ class Machine:
     def has(self, name: str) -> bool:
         return name in self.graph()[0]
 
+    def sees(self, *names: str) -> Callable[[], bool]:
+        """A check for `wait_until`: this machine's server knows every one of ``names``."""
+        return lambda: all(self.has(name) for name in names)
+
+    def says(self, text: str) -> Callable[[], bool]:
+        return lambda: text in self.said()
+
     def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         return gitrepo.cli(*args, cwd=self.live.parent, env=self.env())
 
@@ -117,6 +125,10 @@ def make(
             process.wait()
 
 
+def _holds(one: Machine, wanted: Graph) -> bool:
+    return one.graph() == wanted
+
+
 def remote_tip(remote: Path) -> str:
     return gitrepo.git(remote, "rev-parse", "--verify", "--quiet", "main", check=False).strip()
 
@@ -139,7 +151,7 @@ def test_an_entity_reaches_the_other_machines_and_idle_changes_nothing(
 
     laptop.server.create_entities([entity("Ada", "wrote the first program")])
     for other in others:
-        wait_until(lambda other=other: other.has("Ada"), f"Ada in {other.name}'s read_graph")
+        wait_until(other.sees("Ada"), f"Ada in {other.name}'s read_graph")
     assert all(one.graph()[0]["Ada"][1] == {"wrote the first program"} for one in machines)
 
     # Idle: once settled, three intervals add no commit, move no ref, write no file or line.
@@ -168,7 +180,7 @@ def test_three_machines_writing_at_once_converge(
     laptop, server, runner = machines
     laptop.server.create_entities([entity("shared", "old"), entity("doomed", "soon gone")])
     for one in (server, runner):
-        wait_until(lambda one=one: one.has("doomed") and one.has("shared"), f"{one.name} seeded")
+        wait_until(one.sees("doomed", "shared"), f"{one.name} seeded")
 
     def laptop_work() -> None:
         laptop.server.create_entities([entity("a1")])
@@ -195,7 +207,7 @@ def test_three_machines_writing_at_once_converge(
         frozenset({("c1", "knows", "c2")}),
     )
     for one in machines:  # server_graph fails on any entity, observation or relation twice
-        wait_until(lambda one=one: one.graph() == wanted, f"{one.name} converged")
+        wait_until(partial(_holds, one, wanted), f"{one.name} converged")
     remote_entities, remote_relations = gitrepo.graph(
         gitrepo.git(remote, "cat-file", "blob", "main:memory.jsonl").encode()
     )
@@ -280,7 +292,7 @@ def test_an_unreachable_remote_is_one_line_and_its_return_another(
     remote.rename(away)
     laptop.server.create_entities([entity("Offline", "learned while the remote was gone")])
     for one in (laptop, server):
-        wait_until(lambda one=one: "is unreachable" in one.said(), f"{one.name} notices")
+        wait_until(one.says("is unreachable"), f"{one.name} notices")
     # Several probes fail meanwhile (1 s, 2 s...), each only a detail line.
     time.sleep(3.5)  # the outage itself: what is tested is what the watchers say during it
     assert not server.has("Offline")
@@ -288,7 +300,7 @@ def test_an_unreachable_remote_is_one_line_and_its_return_another(
 
     wait_until(lambda: server.has("Offline"), "what the laptop learned offline, on the server")
     for one in (laptop, server):
-        wait_until(lambda one=one: "reachable again" in one.said(), f"{one.name} says it is back")
+        wait_until(one.says("reachable again"), f"{one.name} says it is back")
         said = one.said()
         assert said.count("is unreachable") == 1 and said.count("reachable again") == 1, said
     assert laptop.graph() == server.graph()
@@ -314,7 +326,8 @@ def test_the_probe_of_an_unreachable_remote_backs_off_with_one_summary_line(
             tmp_path / "memory.jsonl",
             Clone(clone, git_dir, git_dir, {}, "origin", "missing.git", "main"),
             "memory.jsonl", interval=1.0, debounce=0.2, stopping=lambda: now[0] > 40,
-            log=Log([out], level=level), clock=lambda: now[0], sleep=advance,
+            log=cast(TextIO, Log([out], level=level)),  # a TextIOBase, as cli hands it
+            clock=lambda: now[0], sleep=advance,
         )  # fmt: skip
         now[0] = 0.0
         with pytest.raises(Stopped):
