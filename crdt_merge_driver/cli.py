@@ -312,8 +312,9 @@ def _setup_and_status(command: Callable[[str, Handler, str], argparse.ArgumentPa
     setup.add_argument("--memory", metavar="FILE",
                        help="live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE)")
     setup.add_argument("--branch", help="the branch (default: the remote's)")
-    setup.add_argument("--schedule", choices=("auto", "systemd", "cron", "none"),
-                       default="auto", help="how backups run (default auto)")
+    setup.add_argument("--schedule", choices=("auto", "systemd", "cron", "watch", "none"),
+                       default="auto", help="how backups run (default auto; watch: a systemd "
+                       "user service running `watch`)")
     setup.add_argument("--every", type=int, default=15, metavar="MINUTES",
                        help="minutes between backups (default 15)")
     setup.add_argument("--remove", action="store_true",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ from typing import TextIO, cast
 
 import pytest
 
+from crdt_merge_driver import schedule
 from crdt_merge_driver.clone import Clone
 from crdt_merge_driver.errors import ExitCode
 from crdt_merge_driver.lock import LOCK as SYNC_LOCK
@@ -339,3 +341,35 @@ def test_the_probe_of_an_unreachable_remote_backs_off_with_one_summary_line(
             waits = [float(line.rsplit("next try in ", 1)[1].rstrip("s)")) for line in lines]
             for wait, least in zip(waits, (1, 2, 4, 8, 16, 32), strict=True):
                 assert least <= wait <= least + 0.5, waits
+
+
+# --- setup --schedule watch --------------------------------------------------------------
+
+
+def test_setup_schedule_watch_writes_a_service_prints_it_and_removes_it(
+    make: Callable[[str], Machine], remote: Path, tmp_path: Path
+) -> None:
+    lone = make("lone")
+    lone.server.create_entities([entity("Edsger")])
+    clone = tmp_path / "setup-clone"
+    done = lone.run("setup", str(remote), "--repo", str(clone), "--schedule", "watch")
+    said = done.stderr.decode()
+    assert done.returncode == 0, said
+    [unit] = list(schedule.unit_dir().glob("crdt-merge-driver-watch-*.service"))
+    text = unit.read_text()
+    assert "Restart=on-failure" in text and "KillMode=mixed" in text
+    assert '"watch" "--repo"' in text and f'"{lone.live}"' in text
+    if not schedule.systemd_works():  # no user manager here: the unit is printed to start by hand
+        assert "no systemd user manager answers here" in said and "Restart=on-failure" in said
+    analyze = shutil.which("systemd-analyze")
+    if analyze is not None:
+        verified = subprocess.run([analyze, "verify", str(unit)], capture_output=True,
+                                  text=True, check=False, cwd=tmp_path)  # fmt: skip
+        assert verified.returncode == 0, verified.stderr
+    status = lone.run("status", "--repo", str(clone), "--memory", str(lone.live))
+    assert b"systemd user service" in status.stdout, status.stdout
+
+    removed = lone.run("setup", "--remove", "--repo", str(clone))
+    assert removed.returncode == 0, removed.stderr.decode()
+    assert b"removed the systemd user service" in removed.stderr
+    assert not unit.exists()
