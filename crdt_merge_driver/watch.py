@@ -211,14 +211,15 @@ class Watcher:
             with attempt:
                 written = self._step(local=local)
         if self.failing is not None:
-            back = self.failing == "unreachable"
-            say(self.log, f"{self.clone.where} is reachable again" if back else
-                "the step that failed has succeeded", summary=True)  # fmt: skip
+            say(self.log, "the failing step has succeeded", summary=True)
             self.failing = None
         return written
 
     def _step(self, *, local: bool) -> bool:
         tip = self._probe()
+        if self.failing == "unreachable":  # said before the step's own line, which may follow
+            say(self.log, f"{self.clone.where} is reachable again", summary=True)
+            self.failing = None
         if not local and tip == self.known:
             return False
         before = stat_of(self.memory)

@@ -28,6 +28,7 @@ from crdt_merge_driver import schedule
 from crdt_merge_driver.clone import Clone
 from crdt_merge_driver.errors import ExitCode
 from crdt_merge_driver.lock import LOCK as SYNC_LOCK
+from crdt_merge_driver.lock import lock as sync_lock
 from crdt_merge_driver.log import Level, Log
 from crdt_merge_driver.watch import LOCK, Stopped, Watcher
 from tests import gitrepo
@@ -305,7 +306,24 @@ def test_an_unreachable_remote_is_one_line_and_its_return_another(
         wait_until(one.says("reachable again"), f"{one.name} says it is back")
         said = one.said()
         assert said.count("is unreachable") == 1 and said.count("reachable again") == 1, said
+    # The return is said first, then what the first step after it did.
+    assert laptop.said().rindex("backed up") > laptop.said().index("reachable again")
     assert laptop.graph() == server.graph()
+
+
+def test_a_step_refused_by_a_busy_clone_is_retried_one_line_each_way(
+    make: Callable[[str], Machine], tmp_path: Path
+) -> None:
+    laptop, server = make("laptop"), make("server")
+    laptop.server.create_entities([entity("Alan")])
+    # A backup from cron holds the clone's lock: the watcher's first step is refused.
+    with sync_lock(laptop.clone / ".git", io.StringIO()):
+        laptop.watch()
+        wait_until(laptop.says("another sync or backup"), "the watcher refused the lock")
+    wait_until(laptop.says("the failing step has succeeded"), "the step retried after the lock")
+    server.watching()
+    wait_until(server.sees("Alan"), "Alan on the server")
+    assert laptop.said().count("another sync or backup") == 1, laptop.said()
 
 
 # --- the backoff, without waiting: tenacity's schedule with a fake clock -----------------
