@@ -171,17 +171,15 @@ class Watcher:
             now, current = self.clock(), stat_of(self.memory)
             if current != self.last:
                 self.last, changed_at = current, now
-                burst_at = burst_at or now
+                burst_at = now if burst_at is None else burst_at
             if changed_at is not None and burst_at is not None and (
                 now - changed_at >= self.debounce or now - burst_at >= LONGEST_BURST
             ):
                 changed_at = burst_at = None
-                if self.converge(local=True):
-                    changed_at = burst_at = self.clock()  # written meanwhile: again, once quiet
+                self.converge(local=True)
                 next_probe = self.clock() + self.interval
             elif now >= next_probe:
-                if self.converge(local=False):
-                    changed_at = burst_at = self.clock()
+                self.converge(local=False)
                 next_probe = self.clock() + self.interval
             self.pause(self.poll)
 
@@ -197,8 +195,8 @@ class Watcher:
 
     # --- one step ---------------------------------------------------------------
 
-    def converge(self, *, local: bool) -> bool:
-        """A step (retried until it succeeds); whether the server wrote the file meanwhile.
+    def converge(self, *, local: bool) -> None:
+        """A step, retried until it succeeds.
 
         ``local``: the live file changed, so back it up even if the remote did not move.
         """
@@ -209,25 +207,24 @@ class Watcher:
         )  # fmt: skip
         for attempt in policy:
             with attempt:
-                written = self._step(local=local)
+                self._step(local=local)
         if self.failing is not None:
             say(self.log, "the failing step has succeeded", summary=True)
             self.failing = None
-        return written
 
-    def _step(self, *, local: bool) -> bool:
+    def _step(self, *, local: bool) -> None:
         tip = self._probe()
         if self.failing == "unreachable":  # said before the step's own line, which may follow
             say(self.log, f"{self.clone.where} is reachable again", summary=True)
             self.failing = None
         if not local and tip == self.known:
-            return False
+            return
         before = stat_of(self.memory)
         try:
             if before is None:
                 if tip is None:  # no memory anywhere yet: the server's first write starts it
                     self.known = None
-                    return False
+                    return
                 try:
                     result = restore(memory=self.memory, repo=self.clone.top,
                                      as_path=self.as_path, attempts=BACKUP_ATTEMPTS,
@@ -236,7 +233,7 @@ class Watcher:
                 except BackupError as nothing:  # the branch holds no memory file yet
                     say(self.log, str(nothing))
                     self.known = tip
-                    return False
+                    return
             else:
                 result = backup(memory=self.memory, repo=self.clone.top, as_path=self.as_path,
                                 attempts=BACKUP_ATTEMPTS, deadline=BACKUP_DEADLINE,
@@ -247,10 +244,10 @@ class Watcher:
             raise _Failed(str(error)) from None
         self.known = result.commit
         after = stat_of(self.memory)
+        # Our own restore, or nothing, is not a change to back up. Else the server
+        # wrote meanwhile: `last` stays as it was, and the next poll sees a change.
         if after == before or self._holds(result.commit):
-            self.last = after  # our own restore, or nothing: not a change to back up
-            return False
-        return True
+            self.last = after
 
     def _probe(self) -> str | None:
         """The remote branch's commit (None: no such branch yet); `_Unreachable` if no answer."""
