@@ -108,7 +108,7 @@ def entity(name: str, *observations: str) -> Entity:
 def make(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> Iterator[Callable[[str], Machine]]:
-    """``make(name)``: a machine on ``remote``; every watcher is killed after the test."""
+    """``make(name)``: a machine on ``remote``; every watcher is stopped after the test."""
     made: list[Machine] = []
 
     def new(name: str) -> Machine:
@@ -121,10 +121,15 @@ def make(
         return one
 
     yield new
-    for one in made:
-        for process in one.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+    # SIGTERM first: a watcher that exits normally saves its coverage data.
+    running = [process for one in made for process in one.processes if process.poll() is None]
+    for process in running:
+        process.terminate()
+    for process in running:
+        try:
+            process.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
@@ -391,3 +396,24 @@ def test_setup_schedule_watch_writes_a_service_prints_it_and_removes_it(
     assert removed.returncode == 0, removed.stderr.decode()
     assert b"removed the systemd user service" in removed.stderr
     assert not unit.exists()
+
+
+def test_bad_arguments_are_one_line_and_a_branch_without_memory_waits_for_the_first_write(
+    make: Callable[[str], Machine], remote: Path, tmp_path: Path
+) -> None:
+    lone = make("lone")
+    for args, words in (
+        (("--interval", "0"), b"--interval must be above 0"),
+        (("--memory", str(tmp_path / "nowhere" / "memory.jsonl")), b"folder of the memory file"),
+    ):
+        refused = lone.run("watch", *args)
+        assert refused.returncode == ExitCode.USAGE, refused.stderr
+        assert refused.stderr.count(b"\n") == 1 and words in refused.stderr, refused.stderr
+
+    # The branch exists but holds no memory file: nothing to restore, the watcher waits.
+    gitrepo.commit_file(lone.clone, "README", b"memory lives here\n")
+    gitrepo.git(lone.clone, "push", "--quiet", "origin", "HEAD:main")
+    lone.watching()
+    lone.server.create_entities([entity("Kathleen")])
+    wait_until(lambda: b"Kathleen" in gitrepo.git(remote, "show", "main:memory.jsonl",
+                                                 check=False).encode(), "the first backup")
