@@ -199,6 +199,20 @@ def _restore(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from crdt_merge_driver.watch import watch
+
+    watch(
+        memory=_path(args.memory) if args.memory else None,
+        repo=_path(args.repo) if args.repo else None,
+        as_path=args.as_path,
+        interval=args.interval,
+        debounce=args.debounce,
+        log=args.log,
+    )
+    return ExitCode.OK
+
+
 def _setup(args: argparse.Namespace) -> int:
     from crdt_merge_driver import setup
 
@@ -264,6 +278,17 @@ def _retry_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interval", type=float, default=30.0, metavar="SECONDS",
+        help="ask the remote whether it moved this often (default 30)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--debounce", type=float, default=1.0, metavar="SECONDS",
+        help="back up once the live file has been quiet this long (default 1)",
+    )  # fmt: skip
+
+
 def _log_options(parser: argparse.ArgumentParser) -> None:
     """-q/-v/--log, for every command that runs long or from cron (see crdt_merge_driver/log.py)."""
     loudness = parser.add_mutually_exclusive_group()
@@ -287,8 +312,9 @@ def _setup_and_status(command: Callable[[str, Handler, str], argparse.ArgumentPa
     setup.add_argument("--memory", metavar="FILE",
                        help="live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE)")
     setup.add_argument("--branch", help="the branch (default: the remote's)")
-    setup.add_argument("--schedule", choices=("auto", "systemd", "cron", "none"),
-                       default="auto", help="how backups run (default auto)")
+    setup.add_argument("--schedule", choices=("auto", "systemd", "cron", "watch", "none"),
+                       default="auto", help="how backups run (default auto; watch: a systemd "
+                       "user service running `watch`)")
     setup.add_argument("--every", type=int, default=15, metavar="MINUTES",
                        help="minutes between backups (default 15)")
     setup.add_argument("--remove", action="store_true",
@@ -391,6 +417,12 @@ def _parser() -> argparse.ArgumentParser:
             "back up a live memory file, bring back what others learned",
         ),
         ("restore", _restore, "write the repository's merged memory into the live file"),
+        (
+            "watch",
+            _watch,
+            "back up the live file moments after each write, restore when the remote moves; "
+            "runs until SIGTERM or Ctrl-C",
+        ),
     ):
         sub = command(name, handler, summary)
         sub.add_argument(
@@ -405,7 +437,8 @@ def _parser() -> argparse.ArgumentParser:
             metavar="PATH_IN_REPO",
             help="the file in the repo (default memory.jsonl)",
         )
-        _retry_options(sub)
+        # watch retries each step for as long as it runs: its own timing instead.
+        (_watch_options if name == "watch" else _retry_options)(sub)
         _log_options(sub)
         if name == "backup":
             sub.add_argument(

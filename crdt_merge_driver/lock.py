@@ -32,9 +32,15 @@ _DEAD = ("Z", "X")
 
 
 @contextmanager
-def lock(git_dir: Path, log: TextIO, *, what: str = "sync or backup") -> Iterator[None]:
-    """Hold ``flock`` on ``<git dir>/<LOCK>`` while sync or backup runs; refuse if another does."""
-    path = git_dir / LOCK
+def lock(
+    git_dir: Path, log: TextIO, *, what: str = "sync or backup", name: str = LOCK
+) -> Iterator[None]:
+    """Hold ``flock`` on ``<git dir>/<name>`` while sync or backup runs; refuse if another does.
+
+    ``name``: another lock than sync's (watch holds one for its lifetime); only
+    sync's lock tidies up after a killed run, since only its holders make leftovers.
+    """
+    path = git_dir / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
@@ -50,7 +56,8 @@ def lock(git_dir: Path, log: TextIO, *, what: str = "sync or backup") -> Iterato
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
-            remove_leftovers(git_dir, log)
+            if name == LOCK:
+                remove_leftovers(git_dir, log)
             yield
         finally:
             with suppress(OSError):

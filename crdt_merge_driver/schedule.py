@@ -1,5 +1,9 @@
 """The schedule that runs ``backup``: a systemd user timer, a crontab line, or a line by hand.
 
+Or, with ``--schedule watch``, no schedule but a systemd user service that
+keeps ``watch`` running (``Restart=on-failure``); where no user manager
+answers, the unit is written all the same and printed, to be started by hand.
+
 Everything written is tagged with the clone's hash (`tag`): a marker comment
 above the one crontab line, unit names ``crdt-merge-driver-backup-<tag>``.
 So `install` finds its own entry again and changes nothing the second time,
@@ -22,8 +26,9 @@ from crdt_merge_driver import PROGRAM
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.errors import CrdtError
 
-KINDS = ("auto", "systemd", "cron", "none")
+KINDS = ("auto", "systemd", "cron", "watch", "none")
 UNIT_PREFIX = f"{PROGRAM}-backup-"
+WATCH_PREFIX = f"{PROGRAM}-watch-"
 _TIMEOUT = 30.0
 
 
@@ -78,6 +83,8 @@ def cron_works() -> bool:
 
 def choose(kind: str) -> str:
     """The tool for ``kind``: auto picks systemd, else cron, else "manual" (print the line)."""
+    if kind == "watch":  # a service where systemd runs, else the unit printed: never refused
+        return kind
     if kind == "auto":
         return "systemd" if systemd_works() else "cron" if cron_works() else "manual"
     if kind == "systemd" and not systemd_works():
@@ -136,6 +143,20 @@ def units(entry: Entry) -> dict[str, bytes]:
     return {f"{name}.service": service.encode(), f"{name}.timer": timer.encode()}
 
 
+def watch_unit(entry: Entry) -> tuple[str, bytes]:
+    """The .service that keeps ``watch`` running: its file name and bytes."""
+    service = (
+        f"[Unit]\nDescription={PROGRAM} watch (added by `{PROGRAM} setup`)\n\n"
+        f"[Service]\nExecStart={' '.join(_systemd_quote(a) for a in entry.argv)}\n"
+        # A crash or a refusal to start is retried; a clean stop (exit 0) is not.
+        "Restart=on-failure\nRestartSec=10\n"
+        # SIGTERM to watch alone: it finishes its step, the git it runs is not cut off.
+        "KillMode=mixed\n\n"
+        "[Install]\nWantedBy=default.target\n"
+    )
+    return f"{WATCH_PREFIX}{entry.tag}.service", service.encode()
+
+
 def manual_line(entry: Entry) -> str:
     return cron_lines(entry).decode().splitlines()[1]
 
@@ -150,6 +171,8 @@ def install(kind: str, entry: Entry) -> list[str]:
         return _install_cron(entry)
     if kind == "systemd":
         return _install_systemd(entry)
+    if kind == "watch":
+        return _install_watch(entry)
     return [f"no schedule installed (no systemd user manager, no crontab): add this line to "
             f"your crontab by hand: {manual_line(entry)}"]  # fmt: skip
 
@@ -165,6 +188,9 @@ def find(entry_tag: str) -> Found | None:
     timer = unit_dir() / f"{UNIT_PREFIX}{entry_tag}.timer"
     if timer.exists():
         return Found("systemd", f"systemd user timer {timer.name} ({timer})")
+    service = unit_dir() / f"{WATCH_PREFIX}{entry_tag}.service"
+    if service.exists():
+        return Found("watch", f"systemd user service {service.name} running watch ({service})")
     return None
 
 
@@ -182,6 +208,14 @@ def remove(entry_tag: str) -> list[str]:
         if systemd_works():
             _run(["systemctl", "--user", "daemon-reload"])
         done.append(f"removed the systemd user units {', '.join(names)}")
+    service = unit_dir() / f"{WATCH_PREFIX}{entry_tag}.service"
+    if service.exists():
+        if systemd_works():
+            _run(["systemctl", "--user", "disable", "--now", service.name])
+        service.unlink()
+        if systemd_works():
+            _run(["systemctl", "--user", "daemon-reload"])
+        done.append(f"removed the systemd user service {service.name}")
     return done or ["no schedule of this clone's to remove"]
 
 
@@ -258,6 +292,29 @@ def _install_systemd(entry: Entry) -> list[str]:
     _check(_run(["systemctl", "--user", "daemon-reload"]), "systemctl --user daemon-reload")
     _check(_run(["systemctl", "--user", "enable", "--now", timer]), f"systemctl enable {timer}")
     return [f"installed and started the systemd user timer {timer} in {folder}"]
+
+
+def _install_watch(entry: Entry) -> list[str]:
+    folder = unit_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    name, data = watch_unit(entry)
+    path = folder / name
+    changed = not path.exists() or path.read_bytes() != data
+    if changed:
+        write_atomic(path, data)
+    if not systemd_works():
+        return [f"wrote {path}, but no systemd user manager answers here: start it with "
+                f"`systemctl --user enable --now {name}` where one does, or run "
+                f"`{' '.join(shlex.quote(a) for a in entry.argv)}` under tmux or as a "
+                "container's entrypoint. The unit:",
+                *(f"    {line}" for line in data.decode().splitlines())]  # fmt: skip
+    if not changed and _runs(["systemctl", "--user", "is-active", "--quiet", name]):
+        return [f"systemd user service {name} already runs watch; unchanged"]
+    _check(_run(["systemctl", "--user", "daemon-reload"]), "systemctl --user daemon-reload")
+    _check(_run(["systemctl", "--user", "enable", name]), f"systemctl enable {name}")
+    # restart, not start: a changed unit (another interval, say) takes effect now.
+    _check(_run(["systemctl", "--user", "restart", name]), f"systemctl restart {name}")
+    return [f"installed and started the systemd user service {name} in {folder}"]
 
 
 def _run(argv: list[str], *, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -51,8 +51,8 @@ def setup(
         sync.sync(repo=top, paths=[Path(ATTRIBUTES)], log=log,
                   message=f"memory: merge memory files with {PROGRAM}")  # fmt: skip
     _bring_together(top, live, log)
-    entry = schedule.Entry(schedule.tag(top), _backup_argv(top, live), every,
-                           schedule.log_path(top))  # fmt: skip
+    argv = _backup_argv(top, live, command="watch" if chosen == "watch" else "backup")
+    entry = schedule.Entry(schedule.tag(top), argv, every, schedule.log_path(top))
     if chosen == "none":
         say(log, f"no schedule (--schedule none); back up with: {' '.join(entry.argv)}",
             summary=True)  # fmt: skip
@@ -144,9 +144,9 @@ def _bring_together(top: Path, live: Path, log: TextIO) -> None:
                  "publishes it", summary=True)  # fmt: skip
 
 
-def _backup_argv(top: Path, live: Path) -> list[str]:
+def _backup_argv(top: Path, live: Path, *, command: str = "backup") -> list[str]:
     # Absolute paths: cron and systemd start it from $HOME, with a bare PATH.
     # The merge driver's interpreter options: -I would hide a `pip install --user` package.
-    return [sys.executable, *install.DRIVER_FLAGS, "-m", "crdt_merge_driver", "backup",
+    return [sys.executable, *install.DRIVER_FLAGS, "-m", "crdt_merge_driver", command,
             "--repo", str(top), "--memory", str(live),
             "--log", str(schedule.log_path(top))]  # fmt: skip

@@ -41,6 +41,7 @@ COMMANDS = {
     ),
     "backup": ("--memory FILE", "--repo DIR", "--as PATH_IN_REPO", "--no-restore"),
     "restore": ("--memory FILE", "--repo DIR", "--as PATH_IN_REPO"),
+    "watch": ("--memory FILE", "--repo DIR", "--interval SECONDS", "--debounce SECONDS"),
     "setup": ("REMOTE", "--repo DIR", "--memory FILE", "--branch BRANCH", "--schedule",
               "--every MINUTES", "--remove", "-q, --quiet", "--log FILE"),
     "status": ("--repo DIR", "--memory FILE", "--json", "--offline"),
