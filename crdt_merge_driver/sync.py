@@ -28,7 +28,7 @@ from typing import NamedTuple, TextIO
 
 import tenacity
 
-from crdt_merge_driver import PROGRAM, checkout, git, install
+from crdt_merge_driver import PROGRAM, checkout, early, git, install
 from crdt_merge_driver.clone import (
     ATTRIBUTES,
     Clone,
@@ -221,7 +221,8 @@ def prepared(
     """
     top = install.find_toplevel(repo)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
-    with lock(git_dir, log), driver_environment(top, git_dir) as env:
+    with lock(git_dir, log), early.set_aside(top, git_dir, log), \
+            driver_environment(top, git_dir) as env:  # fmt: skip
         common = git.find_common_dir(top)
         clone = Clone(top, git_dir, common, env, remote, find_url(top, remote), "")
         recover(clone, log)
@@ -355,8 +356,9 @@ def attempt_once(
     """Fetch, replay or rebase, check, push once; the commit pushed, or None if nothing to."""
     fetched = fetch(clone, timeout(), queue)
     head, remote_tip = _revisions(clone, "HEAD", clone.tracking if fetched else None)
-    if head is None:
-        return None  # an unborn branch with nothing committed
+    if head is None:  # an unborn branch with nothing committed (cloned before the first push)
+        _take(clone, remote_tip)
+        return None
     waiting = queue.waiting() if fetched else {}
     if remote_tip is not None and _settle(clone, queue, head, remote_tip, number=number,
                                           timeout=timeout, log=log, memo=memo):  # fmt: skip
@@ -416,6 +418,12 @@ def attempt_once(
     _push(clone, queue, head, mine, timeout=timeout, log=log)
     say(log, f"sync attempt {number}: pushed {head[:10]} to {clone.where}")
     return head
+
+
+def _take(clone: Clone, remote_tip: str | None) -> None:
+    """An unborn branch has nothing of its own to keep: it takes the remote's, as pull would."""
+    if remote_tip is not None:
+        clone.git("merge", "--quiet", remote_tip)
 
 
 def _carried(

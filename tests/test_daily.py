@@ -1,0 +1,231 @@
+"""The paths a user takes after the first day (issue 9, items 3 to 7), end to end.
+
+An install before the first pull, a symlinked live file, the log a cron line
+writes, the errors a new user meets, the lock under kill -9 and a full disk:
+each with real git, a bare remote and, where memory is edited, the real
+memory server; commands run as separate processes, as cron runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from crdt_merge_driver.early import SET_ASIDE
+from crdt_merge_driver.errors import ExitCode
+from tests import gitrepo
+from tests.memory_server import ServerFactory
+from tests.test_backup import (
+    MEMORY,
+    Graph,
+    Machine,
+    machine,
+    new,
+    observe,
+    ok,
+    remote_graph,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+USER_LINE = b"*.txt text eol=lf\n"  # a line of the user's own, beside install's
+
+
+def names(found: Graph) -> set[str]:
+    return set(found[0])
+
+
+def first_machine(tmp_path: Path, remote: Path, start: ServerFactory) -> Machine:
+    """The machine that set the remote up: install, commit .gitattributes, a first backup."""
+    first = machine(tmp_path, remote, start, "first")
+    gitrepo.install(first.clone)
+    gitrepo.commit(first.clone, "install the memory driver", ".gitattributes")
+    gitrepo.git(first.clone, "push", "--quiet", "origin", "HEAD:main")
+    first.server.create_entities([new("Ada", "person", "likes tea")])
+    first.backup()
+    return first
+
+
+def early_machine(tmp_path: Path, remote: Path, start: ServerFactory, variant: str) -> Machine:
+    """A clone of the still empty remote that ran install at once: .gitattributes untracked."""
+    early = machine(tmp_path, remote, start, "early")
+    gitrepo.install(early.clone)
+    if variant == "different":
+        with (early.clone / ".gitattributes").open("ab") as stream:
+            stream.write(USER_LINE)
+    assert gitrepo.git(early.clone, "status", "--porcelain") == "?? .gitattributes\n"
+    return early
+
+
+def doctor(clone: Path) -> subprocess.CompletedProcess[bytes]:
+    return gitrepo.cli("doctor", "--repo", str(clone))
+
+
+def problems(result: subprocess.CompletedProcess[bytes]) -> list[str]:
+    return [line for line in result.stdout.decode().splitlines() if line.startswith("problem:")]
+
+
+def check_attributes_adopted(early: Machine, first: Machine, variant: str) -> None:
+    """The remote's .gitattributes is the clone's now; only the user's own line is added back."""
+    remote_attributes = (first.clone / ".gitattributes").read_bytes()
+    tracked = gitrepo.git(early.clone, "ls-files", "--", ".gitattributes")
+    assert tracked == ".gitattributes\n"
+    here = (early.clone / ".gitattributes").read_bytes()
+    if variant == "identical":
+        assert here == remote_attributes
+        assert gitrepo.git(early.clone, "status", "--porcelain") == ""
+    else:
+        assert here == remote_attributes + USER_LINE
+        assert gitrepo.git(early.clone, "status", "--porcelain") == " M .gitattributes\n"
+    assert not (early.clone / ".git" / SET_ASIDE).exists()
+    # A plain `git pull` works there again, and the driver is still attached.
+    gitrepo.git(early.clone, "pull", "--quiet", "--ff-only")
+    attribute = gitrepo.git(early.clone, "check-attr", "merge", "--", MEMORY)
+    assert attribute.endswith(": merge: crdt-memory\n")
+
+
+# --- item 3: install before the first pull ------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["identical", "different"])
+def test_a_clone_that_installed_before_its_first_pull_backs_up(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, variant: str
+) -> None:
+    early = early_machine(tmp_path, remote, memory_server_factory, variant)
+    first = first_machine(tmp_path, remote, memory_server_factory)
+    gitrepo.git(early.clone, "fetch", "--quiet")
+    # What a user meets first: `git pull` refuses, and doctor says so with the fix.
+    assert gitrepo.git_result(early.clone, "pull", "--ff-only").returncode != 0
+    before = doctor(early.clone)
+    assert before.returncode == ExitCode.NOT_CONFIGURED, before.stdout.decode()
+    [problem] = problems(before)
+    assert "is not committed here while origin/main has one" in problem
+    assert f"crdt-merge-driver sync --repo {early.clone}" in problem
+
+    early.server.create_entities([new("Grace", "person", "wrote a compiler")])
+    early.backup()
+
+    check_attributes_adopted(early, first, variant)
+    assert names(remote_graph(remote)) == {"Ada", "Grace"}
+    assert names(early.graph()) == {"Ada", "Grace"}  # restored through its own server
+    first.backup()
+    assert names(first.graph()) == {"Ada", "Grace"}
+    after = doctor(early.clone)
+    assert after.returncode == ExitCode.OK, after.stdout.decode()
+
+
+@pytest.mark.parametrize("variant", ["identical", "different"])
+def test_a_clone_that_installed_before_its_first_pull_syncs_its_commit(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, variant: str
+) -> None:
+    early = early_machine(tmp_path, remote, memory_server_factory, variant)
+    first = first_machine(tmp_path, remote, memory_server_factory)
+    # This clone is the memory folder itself: its server writes the file in the clone.
+    server = memory_server_factory(early.clone / MEMORY)
+    server.create_entities([new("Hopper", "person", "found a bug")])
+    ok(gitrepo.cli("sync", "--repo", str(early.clone)))
+
+    check_attributes_adopted(early, first, variant)
+    assert names(remote_graph(remote)) == {"Ada", "Hopper"}
+    assert doctor(early.clone).returncode == ExitCode.OK
+
+
+@pytest.mark.parametrize("command", ["sync", "restore"])
+def test_a_clone_with_nothing_of_its_own_takes_the_remotes_history(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, command: str
+) -> None:
+    early = early_machine(tmp_path, remote, memory_server_factory, "different")
+    first = first_machine(tmp_path, remote, memory_server_factory)
+    ok(early.run(command, *(["--repo", str(early.clone)] if command == "sync" else [])))
+    check_attributes_adopted(early, first, "different")
+    assert gitrepo.head(early.clone) == gitrepo.head(first.clone)
+    if command == "restore":
+        assert names(early.graph()) == {"Ada"}
+
+
+def test_a_set_aside_attributes_file_a_killed_run_left_comes_back(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # A run killed while the file waited in the git folder; the remote has none.
+    lonely = machine(tmp_path, remote, memory_server_factory, "lonely")
+    gitrepo.install(lonely.clone)
+    own = (lonely.clone / ".gitattributes").read_bytes()
+    (lonely.clone / ".gitattributes").rename(lonely.clone / ".git" / SET_ASIDE)
+    lonely.server.create_entities([new("Ada", "person")])
+    lonely.backup()
+    assert (lonely.clone / ".gitattributes").read_bytes() == own
+    assert not (lonely.clone / ".git" / SET_ASIDE).exists()
+    assert gitrepo.git(lonely.clone, "status", "--porcelain") == "?? .gitattributes\n"
+
+
+# --- item 4: a symlinked live file ----------------------------------------------------------------
+
+
+def linked_machine(tmp_path: Path, remote: Path, start: ServerFactory, name: str) -> Machine:
+    """A machine whose live file is a link into a dotfiles folder (relative, as stow makes)."""
+    each = machine(tmp_path, remote, start, name)
+    dotfiles = tmp_path / f"{name}-dotfiles"
+    dotfiles.mkdir()
+    each.live.symlink_to(Path("..") / dotfiles.name / MEMORY)
+    return each
+
+
+def target(each: Machine) -> Path:
+    return each.live.parent.parent / f"{each.name}-dotfiles" / MEMORY
+
+
+def check_linked(each: Machine, mode: int) -> None:
+    link = str(each.live.readlink())
+    assert each.live.is_symlink() and link == str(Path("..") / target(each).parent.name / MEMORY)
+    assert target(each).is_file() and not target(each).is_symlink()
+    assert stat.S_IMODE(target(each).stat().st_mode) == mode
+    for folder in (each.live.parent, target(each).parent):  # no temp file left in either
+        assert sorted(path.name for path in folder.iterdir()) == [MEMORY], folder
+
+
+def test_a_symlinked_live_file_stays_a_link_through_backup_restore_and_the_server(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = linked_machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.server.create_entities([new("Ada", "person", "likes tea")])  # the server makes it
+    target(laptop).chmod(0o600)
+    laptop.backup()
+    check_linked(laptop, 0o600)
+    assert names(remote_graph(remote)) == {"Ada"}
+
+    desktop = machine(tmp_path, remote, memory_server_factory, "desktop")
+    desktop.restore()
+    desktop.server.create_entities([new("Grace", "person", "wrote a compiler")])
+    desktop.backup()
+
+    ok(laptop.run("restore"))  # the laptop has nothing new: restore may overwrite
+    check_linked(laptop, 0o600)
+    assert names(laptop.graph()) == {"Ada", "Grace"}  # read through the link
+
+    # The server, running all along, writes through the link too; backup sees it.
+    laptop.server.add_observations([observe("Grace", "found a moth")])
+    # The server's own save makes the file 0666 & ~umask (docs/backup.md): its doing, not ours.
+    umask = os.umask(0)
+    os.umask(umask)
+    check_linked(laptop, 0o666 & ~umask)
+    target(laptop).chmod(0o600)
+    desktop.server.create_entities([new("Hopper", "person")])
+    desktop.backup()
+    laptop.backup()  # backs up the moth and restores Hopper: a real write through the link
+    check_linked(laptop, 0o600)
+    assert names(laptop.graph()) == {"Ada", "Grace", "Hopper"}
+    assert remote_graph(remote)[0]["Grace"] == (
+        "person",
+        frozenset({"wrote a compiler", "found a moth"}),
+    )
+
+    # Another machine whose link points at nothing yet: restore creates the target.
+    tablet = linked_machine(tmp_path, remote, memory_server_factory, "tablet")
+    tablet.restore()
+    check_linked(tablet, 0o600)  # a new memory file is private
+    assert tablet.graph() == laptop.graph()
+    desktop.backup()
+    assert desktop.graph() == laptop.graph()
