@@ -9,6 +9,9 @@ memory server; commands run as separate processes, as cron runs them.
 from __future__ import annotations
 
 import os
+import pty
+import re
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -229,3 +232,181 @@ def test_a_symlinked_live_file_stays_a_link_through_backup_restore_and_the_serve
     assert tablet.graph() == laptop.graph()
     desktop.backup()
     assert desktop.graph() == laptop.graph()
+
+
+# --- item 5: quiet, timestamped, self-contained logs ---------------------------------------------
+
+
+def lines_of(result: subprocess.CompletedProcess[bytes]) -> list[str]:
+    """stderr's lines with their time stamps taken off (stderr is a pipe: all are stamped)."""
+    return gitrepo.unstamped(result.stderr.decode()).splitlines()
+
+
+def test_quiet_prints_errors_only_default_one_line_and_verbose_every_attempt(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.server.create_entities([new("Ada", "person")])
+    quiet = laptop.run("backup", "-q")
+    ok(quiet)
+    assert quiet.stderr == b"" and quiet.stdout == b""
+    assert names(remote_graph(remote)) == {"Ada"}
+
+    laptop.server.create_entities([new("Grace", "person")])
+    default = laptop.run("backup")
+    ok(default)
+    [summary] = lines_of(default)
+    assert summary.startswith(f"crdt-merge-driver: backed up and restored {laptop.live} at ")
+
+    laptop.server.create_entities([new("Hopper", "person")])
+    verbose = laptop.run("backup", "-v")
+    ok(verbose)
+    said = lines_of(verbose)
+    assert len(said) > 1 and said[-1].startswith("crdt-merge-driver: backed up and restored")
+    assert any(re.fullmatch(r"crdt-merge-driver: sync attempt 1: pushed \w+ to origin/main", line)
+               for line in said), said  # fmt: skip
+
+    failed = laptop.run("backup", "-q", "--memory", str(tmp_path / "gone.jsonl"))
+    [error] = lines_of(failed)
+    assert failed.returncode == ExitCode.USAGE and "gone.jsonl does not exist" in error
+
+
+def test_lines_to_a_terminal_carry_no_time_stamp(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.server.create_entities([new("Ada", "person")])
+    main, terminal = pty.openpty()
+    try:
+        process = subprocess.run([*gitrepo.CLI, "backup"], cwd=laptop.live.parent,
+                                 env=laptop.env(), stderr=terminal, check=False)  # fmt: skip
+        os.close(terminal)
+        said = b""
+        while chunk := _read_pty(main):
+            said += chunk
+    finally:
+        os.close(main)
+    assert process.returncode == ExitCode.OK
+    [line] = said.decode().splitlines()
+    assert line.startswith("crdt-merge-driver: backed up and restored "), line
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the other end is closed and everything was read
+        return b""
+
+
+def test_log_file_appends_makes_its_folder_and_errors_also_reach_stderr(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.server.create_entities([new("Ada", "person")])
+    log = tmp_path / "state" / "deep" / "backup.log"
+    for _ in range(2):
+        run = laptop.run("backup", "--log", str(log))
+        ok(run)
+        assert run.stderr == b""  # all of it went to the file
+    first, second = gitrepo.unstamped(log.read_text()).splitlines()
+    assert first.startswith("crdt-merge-driver: backed up and restored ")
+    assert second.startswith(f"crdt-merge-driver: nothing new in {laptop.live} since ")
+
+    failed = laptop.run("backup", "--log", str(log), "--memory", str(tmp_path / "gone.jsonl"))
+    assert failed.returncode == ExitCode.USAGE
+    [error] = lines_of(failed)
+    assert gitrepo.unstamped(log.read_text()).splitlines()[-1] == error
+    assert "gone.jsonl does not exist" in error
+
+
+def documented(doc: str, fence: str) -> list[str]:
+    """The lines of every ```fence block in docs/doc, comments and blank lines left out."""
+    text = (REPO_ROOT / "docs" / doc).read_text()
+    blocks = re.findall(rf"^```{fence}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return [line for block in blocks for line in block.splitlines()
+            if line.strip() and not line.startswith("#")]  # fmt: skip
+
+
+def cron_command(line: str) -> str:
+    """The command of a crontab line: what cron hands to ``sh -c``."""
+    return line.split(None, 5)[5]
+
+
+def bare_run(home: Path, argv: list[str], env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+    """``env -i HOME=... PATH=/usr/bin:/bin argv``: the environment cron gives a job."""
+    pairs = [f"{name}={value}" for name, value in (env or {}).items()]
+    return subprocess.run(["/usr/bin/env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", *pairs,
+                           *argv], cwd=home, capture_output=True, check=False)  # fmt: skip
+
+
+def cron_home(hermetic_seal: Path, remote: Path) -> Path:
+    """HOME as the docs assume it: the tool under ~/src and ~/.venvs, a clone, no log folder."""
+    home = hermetic_seal  # its .gitconfig gives git an identity, as a user's would
+    (home / "src").mkdir()
+    (home / "src" / "crdt-merge-driver").symlink_to(REPO_ROOT)
+    (home / ".venvs").mkdir()
+    (home / ".venvs" / "memory").symlink_to(REPO_ROOT / ".venv")
+    (home / ".mcp").mkdir()
+    gitrepo.clone(remote, home / "memory-repo")
+    assert not (home / ".local").exists()  # no log folder yet
+    return home
+
+
+def test_the_documented_backup_cron_line_runs_under_env_i_and_logs(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, hermetic_seal: Path
+) -> None:
+    [line] = documented("backup.md", "cron")
+    home = cron_home(hermetic_seal, remote)
+    server = memory_server_factory(home / ".mcp" / MEMORY)
+    server.create_entities([new("Ada", "person", "likes tea")])
+    for _ in range(2):  # a change, then an idle run
+        run = bare_run(home, ["/bin/sh", "-c", cron_command(line)])
+        assert run.returncode == ExitCode.OK, run.stderr.decode()
+        assert run.stdout == b"" and run.stderr == b""  # nothing for cron to mail
+    log = home / ".local" / "state" / "crdt-merge-driver" / "backup.log"
+    first, second = gitrepo.unstamped(log.read_text()).splitlines()
+    assert first.startswith("crdt-merge-driver: backed up and restored ")
+    assert second.startswith("crdt-merge-driver: nothing new in ")
+    assert names(remote_graph(remote)) == {"Ada"}
+
+
+def test_the_documented_systemd_service_runs_under_env_i_and_logs(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, hermetic_seal: Path
+) -> None:
+    lines = documented("backup.md", "ini")
+    home = cron_home(hermetic_seal, remote)
+
+    def expand(value: str) -> str:
+        return value.replace("%h", str(home))  # the one specifier the unit uses
+
+    settings = [line.split("=", 1) for line in lines if "=" in line]
+    env = dict(expand(value).split("=", 1) for key, value in settings if key == "Environment")
+    [command] = [expand(value) for key, value in settings if key == "ExecStart"]
+    server = memory_server_factory(Path(env["MEMORY_FILE_PATH"]))
+    server.create_entities([new("Ada", "person")])
+    run = bare_run(home, shlex.split(command), env)
+    assert run.returncode == ExitCode.OK, run.stderr.decode()
+    log = home / ".local" / "state" / "crdt-merge-driver" / "backup.log"
+    [summary] = gitrepo.unstamped(log.read_text()).splitlines()
+    assert summary.startswith("crdt-merge-driver: backed up and restored ")
+    assert names(remote_graph(remote)) == {"Ada"}
+
+
+def test_the_documented_sync_cron_line_runs_under_env_i_and_logs(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, hermetic_seal: Path
+) -> None:
+    [line] = documented("ci.md", "crontab")
+    home = cron_home(hermetic_seal, remote)
+    clone = gitrepo.clone(remote, home / "agent-memory")
+    gitrepo.install(clone)
+    gitrepo.commit(clone, "install", ".gitattributes")
+    server = memory_server_factory(clone / MEMORY)
+    server.create_entities([new("Ada", "person")])
+    run = bare_run(home, ["/bin/sh", "-c", cron_command(line)])
+    assert run.returncode == ExitCode.OK, run.stderr.decode()
+    assert run.stdout == b"" and run.stderr == b""
+    [summary] = gitrepo.unstamped((home / ".local/state/crdt-memory-sync.log").read_text()
+                                  ).splitlines()  # fmt: skip
+    assert summary.startswith("crdt-merge-driver: synced: origin/main is at ")
+    assert names(remote_graph(remote)) == {"Ada"}
