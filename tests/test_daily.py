@@ -8,18 +8,24 @@ memory server; commands run as separate processes, as cron runs them.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import pty
 import re
 import shlex
+import signal
 import stat
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from crdt_merge_driver.early import SET_ASIDE
 from crdt_merge_driver.errors import ExitCode
+from crdt_merge_driver.lock import LOCK
 from tests import gitrepo
 from tests.memory_server import ServerFactory
 from tests.test_backup import (
@@ -30,8 +36,10 @@ from tests.test_backup import (
     new,
     observe,
     ok,
+    one_line_error,
     remote_graph,
 )
+from tests.test_sync import hold_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 USER_LINE = b"*.txt text eol=lf\n"  # a line of the user's own, beside install's
@@ -410,3 +418,181 @@ def test_the_documented_sync_cron_line_runs_under_env_i_and_logs(
                                   ).splitlines()  # fmt: skip
     assert summary.startswith("crdt-merge-driver: synced: origin/main is at ")
     assert names(remote_graph(remote)) == {"Ada"}
+
+
+# --- item 6: errors name the thing -------------------------------------------------------------
+
+
+def test_restore_into_a_folder_that_does_not_exist_names_it_and_creates_nothing(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    first_machine(tmp_path, remote, memory_server_factory)
+    new_one = machine(tmp_path, remote, memory_server_factory, "new")
+    missing = tmp_path / "typo" / "memory.jsonl"
+    for given in (["--memory", str(missing)], []):
+        env = {**new_one.env(), "MEMORY_FILE_PATH": str(missing)}
+        result = gitrepo.cli("restore", *given, cwd=tmp_path, env=env)
+        line = one_line_error(result, ExitCode.USAGE, f"does not exist: {missing.parent} ")
+        assert ("check --memory" if given else "check MEMORY_FILE_PATH") in line
+        assert line.count(str(missing.parent)) == 1  # named once
+    assert not missing.parent.exists()
+
+
+def test_a_live_file_named_but_missing_says_which_setting_named_it(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    passed = laptop.run("backup", "--memory", str(laptop.live))
+    line = one_line_error(passed, ExitCode.USAGE, f"memory file {laptop.live} does not exist")
+    assert "(check --memory)" in line and "pass --memory" not in line
+    from_env = laptop.run("backup")
+    line = one_line_error(from_env, ExitCode.USAGE, f"memory file {laptop.live} does not exist")
+    assert "check MEMORY_FILE_PATH" in line and "set MEMORY_FILE_PATH" not in line
+
+
+def test_join_of_one_file_says_one_file_and_one_record(tmp_path: Path) -> None:
+    one = gitrepo.write(tmp_path, "one.jsonl", gitrepo.jsonl(gitrepo.entity("Ada")))
+    result = gitrepo.cli("join", str(one), "-o", str(tmp_path / "out.jsonl"))
+    assert result.returncode == ExitCode.OK
+    assert result.stderr.decode() == (
+        f"crdt-merge-driver: joined 1 file into {tmp_path / 'out.jsonl'}: 1 record\n"
+    )
+
+
+def test_a_healthy_doctor_has_no_ok_note_line_and_a_bad_file_is_named_once(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    first = first_machine(tmp_path, remote, memory_server_factory)
+    said = doctor(first.clone)
+    assert said.returncode == ExitCode.OK
+    assert not [line for line in said.stdout.decode().splitlines() if "ok: note" in line]
+    first.live.write_bytes(b"{not json")
+    line = one_line_error(first.run("backup"), ExitCode.USAGE, "not a memory file")
+    assert line.count(str(first.live)) == 1, line
+
+
+def test_the_license_pyproject_promises_is_there() -> None:
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^license = "MIT"$', pyproject, flags=re.MULTILINE)
+    assert (REPO_ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted after the test; skipped where mounting is not allowed."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+                             capture_output=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file; remove it to free the space again."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as stream:
+        for size in (1 << 16, 1 << 12, 1 << 9, 1):  # big writes first, then the last few bytes
+            try:
+                while stream.write(b"\0" * size):
+                    pass
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+    return filler
+
+
+def test_a_full_disk_names_the_live_file_that_could_not_be_written(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, small_disk: Path
+) -> None:
+    first = first_machine(tmp_path, remote, memory_server_factory)
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop = Machine("laptop", small_disk / MEMORY, laptop.clone, memory_server_factory)
+    laptop.restore()
+    first.server.create_entities([new("Grace", "person", "wrote a compiler " * 50)])
+    first.backup()
+    before = laptop.live.read_bytes()
+    filler = fill(small_disk)
+
+    line = one_line_error(laptop.run("backup"), ExitCode.USAGE, "No space left on device")
+    assert line == f"crdt-merge-driver: {laptop.live}: No space left on device"
+    assert laptop.live.read_bytes() == before  # untouched, no temp file beside it
+    assert sorted(path.name for path in small_disk.iterdir()) == ["filler", MEMORY]
+
+    filler.unlink()
+    laptop.backup()
+    assert names(laptop.graph()) == {"Ada", "Grace"}
+
+
+def test_the_lock_on_a_full_disk_still_locks_and_leaves_no_stale_lock(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, small_disk: Path
+) -> None:
+    first = first_machine(tmp_path, remote, memory_server_factory)
+    clone = gitrepo.clone(remote, small_disk / "clone")
+    laptop = Machine("laptop", tmp_path / "first-live" / "laptop.jsonl", clone,
+                     memory_server_factory)  # fmt: skip
+    laptop.restore()
+    lock_file = clone / ".git" / LOCK
+    lock_file.unlink()  # a clone where no run ever took the lock
+    first.server.create_entities([new("Grace", "person")])
+    first.backup()
+    filler = fill(small_disk)
+
+    holder = hold_lock(clone / ".git")  # the lock's own code, in a process of its own
+    try:
+        assert lock_file.read_bytes() == b""  # no room for the pid: only the message lacks it
+        refused = laptop.run("backup")
+        one_line_error(refused, ExitCode.REFUSED, "another sync or backup is running in this clone")
+    finally:
+        holder.kill()
+        holder.wait()
+    failed = laptop.run("backup")  # the disk is still full: it fails, and says why
+    assert failed.returncode != ExitCode.OK and b"another sync" not in failed.stderr
+    filler.unlink()
+    laptop.backup()  # nothing stale stands in the way
+    assert names(laptop.graph()) == {"Ada", "Grace"}
+
+
+# --- item 7: the lock under kill -9 ------------------------------------------------------------
+
+
+def test_a_sync_killed_with_9_while_pushing_leaves_no_lock_and_its_files_go(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    first = first_machine(tmp_path, remote, memory_server_factory)
+    server = memory_server_factory(first.clone / MEMORY)
+    server.create_entities([new("Hopper", "person")])
+    pushing = tmp_path / "pushing"
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\ntouch {shlex.quote(str(pushing))}\nsleep 60\n")
+    hook.chmod(0o755)
+    sync = subprocess.Popen([*gitrepo.CLI, "sync", "--repo", str(first.clone)],
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        give_up = time.monotonic() + 30
+        while not pushing.exists():
+            assert sync.poll() is None and time.monotonic() < give_up, "sync never pushed"
+            time.sleep(0.05)
+        git_dir = first.clone / ".git"
+        left = sorted(git_dir.glob("crdt-merge-driver-sync.attributes.*"))
+        assert left, "sync holds its attributes file while it runs"
+        with (git_dir / LOCK).open("rb") as lock_file, pytest.raises(BlockingIOError):
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by the sync
+    finally:
+        os.killpg(sync.pid, signal.SIGKILL)  # the whole job, as a killed cron job goes
+        sync.wait()
+    hook.unlink()
+    assert all(path.exists() for path in left)  # nothing cleaned up: it had no chance
+
+    again = gitrepo.cli("sync", "-v", "--repo", str(first.clone))
+    ok(again)
+    said = lines_of(again)
+    for path in left:
+        assert f"crdt-merge-driver: removed {path.name}, left by an interrupted sync or backup" \
+            in said  # fmt: skip
+    assert not list(git_dir.glob("crdt-merge-driver-sync.attributes.*"))
+    assert not any("another sync" in line for line in said)
+    assert names(remote_graph(remote)) == {"Ada", "Hopper"}
