@@ -28,11 +28,14 @@ SET_ASIDE = "crdt-merge-driver-early.gitattributes"
 
 
 @contextmanager
-def set_aside(top: Path, git_dir: Path, log: TextIO) -> Iterator[None]:
-    """Move an untracked ``.gitattributes`` out of git's way while the block runs."""
+def set_aside(top: Path, git_dir: Path, log: TextIO, *, active: bool = True) -> Iterator[None]:
+    """Move an untracked ``.gitattributes`` out of git's way while the block runs.
+
+    ``active=False``: leave it (the caller commits it), only put back a killed run's.
+    """
     restore_set_aside(top, git_dir, log)  # a killed run's first
     path, kept = top / ATTRIBUTES, git_dir / SET_ASIDE
-    if not path.is_file() or path.is_symlink() or _tracked(top):
+    if not active or not path.is_file() or path.is_symlink() or _tracked(top):
         yield
         return
     path.replace(kept)  # one rename: the bytes are never only in memory

@@ -199,7 +199,9 @@ def sync(
     if attempts < 1 or not deadline > 0:
         raise SyncError("--attempts must be at least 1 and --deadline above 0 seconds")
     began, spent = time.monotonic(), _cpu_seconds()
-    with prepared(repo, remote=remote, branch=branch, log=log) as clone:
+    # Committing an untracked .gitattributes (setup publishes install's) is no early install.
+    aside = not any(Path(path).name == early.ATTRIBUTES for path in paths or ())
+    with prepared(repo, remote=remote, branch=branch, log=log, aside=aside) as clone:
         mine = None if paths is None else [(repo / path).absolute() for path in paths]
         return land(
             clone, paths=mine, message=message, attempts=attempts, deadline=deadline,
@@ -209,19 +211,20 @@ def sync(
 
 @contextmanager
 def prepared(
-    repo: Path, *, remote: str = "origin", branch: str | None = None, log: TextIO = sys.stderr
-) -> Iterator[Clone]:
+    repo: Path, *, remote: str = "origin", branch: str | None = None, log: TextIO = sys.stderr,
+    aside: bool = True,
+) -> Iterator[Clone]:  # fmt: skip
     """The clone, ready to sync, for as long as the block runs.
 
     Under the clone's lock, with the driver supplied to every git command,
     after finishing what a killed sync left, and never in the middle of the
     user's own merge or rebase. `sync` runs in it; `backup` runs its whole
     round in it, so a sync from cron and a backup never work in one clone at
-    once.
+    once. ``aside``: an untracked ``.gitattributes`` waits out of git's way (`early`).
     """
     top = install.find_toplevel(repo)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
-    with lock(git_dir, log), early.set_aside(top, git_dir, log), \
+    with lock(git_dir, log), early.set_aside(top, git_dir, log, active=aside), \
             driver_environment(top, git_dir) as env:  # fmt: skip
         common = git.find_common_dir(top)
         clone = Clone(top, git_dir, common, env, remote, find_url(top, remote), "")

@@ -172,6 +172,17 @@ def test_a_set_aside_attributes_file_a_killed_run_left_comes_back(
     assert gitrepo.git(lonely.clone, "status", "--porcelain") == "?? .gitattributes\n"
 
 
+def test_committing_the_untracked_attributes_file_on_purpose_still_works(
+    tmp_path: Path, remote: Path
+) -> None:
+    # What setup does in the first clone of an empty remote: sync .gitattributes itself.
+    clone = gitrepo.clone(remote, tmp_path / "first")
+    gitrepo.install(clone)
+    ok(gitrepo.cli("sync", ".gitattributes", cwd=clone))
+    assert gitrepo.git(remote, "ls-tree", "--name-only", "main") == ".gitattributes\n"
+    assert gitrepo.git(clone, "status", "--porcelain") == ""
+
+
 # --- item 4: a symlinked live file ----------------------------------------------------------------
 
 
@@ -273,6 +284,8 @@ def test_quiet_prints_errors_only_default_one_line_and_verbose_every_attempt(
     assert len(said) > 1 and said[-1].startswith("crdt-merge-driver: backed up and restored")
     assert any(re.fullmatch(r"crdt-merge-driver: sync attempt 1: pushed \w+ to origin/main", line)
                for line in said), said  # fmt: skip
+    # No restore was overwritten by the server here: its warning must not appear.
+    assert not [line for line in said if "overwritten" in line], said
 
     failed = laptop.run("backup", "-q", "--memory", str(tmp_path / "gone.jsonl"))
     [error] = lines_of(failed)
