@@ -275,7 +275,7 @@ def _place(
     *, need_live: bool = True,
 ) -> Iterator[_Place]:  # fmt: skip
     live = _live_path(memory)
-    given = "check --memory" if memory else "pass --memory, or set MEMORY_FILE_PATH"
+    given = "check --memory" if memory else _which_variable()
     if need_live and not live.is_file():
         raise BackupError(f"memory file {live} does not exist ({given})")
     if not live.parent.is_dir():  # restore does not make folders: a typo would go unseen
@@ -294,6 +294,12 @@ def _live_path(memory: Path | None) -> Path:
     if found is None:
         raise BackupError("which memory file? pass --memory FILE or set MEMORY_FILE_PATH")
     return found.absolute()
+
+
+def _which_variable() -> str:
+    """What to check when the live file's path came from the environment (as _live_path read)."""
+    name = "MEMORY_FILE_PATH" if os.environ.get("MEMORY_FILE_PATH") else "MEMORY_FILE"
+    return f"check {name}, or pass --memory"
 
 
 def _env_path(name: str) -> Path | None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from crdt_merge_driver import PROGRAM, git, probe
+from crdt_merge_driver import PROGRAM, early, git, probe
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.driver import KILL_SWITCH
 from crdt_merge_driver.errors import CrdtError
@@ -131,6 +131,7 @@ def doctor(*, repo: Path, name: str) -> Diagnosis:
         fix += f" --name {name}"
     driver = git.read_config(f"merge.{name}.driver", cwd=top)
     lines = [*diagnose_config(top, name, driver, fix), *diagnose_attributes(top, name, driver, fix)]
+    lines += early.diagnose(top)  # an install before the first pull
     lines.append(_FORGE_NOTE)
     return Diagnosis(healthy=not any(line.startswith("problem:") for line in lines), lines=lines)
 

@@ -27,13 +27,17 @@ def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str 
         except OSError as error:
             raise CrdtError(f"cannot write {output}: {error.strerror}") from None
     print(
-        f"crdt-merge-driver: joined {len(inputs)} files into {output or 'stdout'}: "
-        f"{merged.report.kept} records",
+        f"crdt-merge-driver: joined {_count(len(inputs), 'file')} into {output or 'stdout'}: "
+        f"{_count(merged.report.kept, 'record')}",
         file=sys.stderr,
     )
     for decision in merged.report.decisions:
         print(f"crdt-merge-driver: {decision.explain()}", file=sys.stderr)
     return merged
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
 
 
 def _read(path: Path) -> Side:

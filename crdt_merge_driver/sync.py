@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from crdt_merge_driver import PROGRAM, checkout, git, install
+from crdt_merge_driver import PROGRAM, checkout, early, git, install
 from crdt_merge_driver.clone import (
     ATTRIBUTES,
     Clone,
@@ -125,7 +125,9 @@ def sync(
     if attempts < 1 or not deadline > 0:
         raise SyncError("--attempts must be at least 1 and --deadline above 0 seconds")
     began, spent = time.monotonic(), _cpu_seconds()
-    with prepared(repo, remote=remote, branch=branch, log=log) as clone:
+    # Committing an untracked .gitattributes (setup publishes install's) is no early install.
+    aside = not any(Path(path).name == early.ATTRIBUTES for path in paths or ())
+    with prepared(repo, remote=remote, branch=branch, log=log, aside=aside) as clone:
         mine = None if paths is None else [(repo / path).absolute() for path in paths]
         return land(
             clone, paths=mine, message=message, attempts=attempts, deadline=deadline,
@@ -135,19 +137,21 @@ def sync(
 
 @contextmanager
 def prepared(
-    repo: Path, *, remote: str = "origin", branch: str | None = None, log: TextIO = sys.stderr
-) -> Iterator[Clone]:
+    repo: Path, *, remote: str = "origin", branch: str | None = None, log: TextIO = sys.stderr,
+    aside: bool = True,
+) -> Iterator[Clone]:  # fmt: skip
     """The clone, ready to sync, for as long as the block runs.
 
     Under the clone's lock, with the driver supplied to every git command,
     after finishing what a killed sync left, and never in the middle of the
     user's own merge or rebase. `sync` runs in it; `backup` runs its whole
     round in it, so a sync from cron and a backup never work in one clone at
-    once.
+    once. ``aside``: an untracked ``.gitattributes`` waits out of git's way (`early`).
     """
     top = install.find_toplevel(repo)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
-    with lock(git_dir, log), driver_environment(top, git_dir) as env:
+    with lock(git_dir, log), early.set_aside(top, git_dir, log, active=aside), \
+            driver_environment(top, git_dir) as env:  # fmt: skip
         common = git.find_common_dir(top)
         clone = Clone(top, git_dir, common, env, remote, find_url(top, remote), "")
         recover(clone, log)
@@ -281,8 +285,9 @@ def attempt_once(
     """Fetch, replay or rebase, check, push once; the commit pushed, or None if nothing to."""
     fetched = fetch(clone, timeout(), queue)
     head, remote_tip = _revisions(clone, "HEAD", clone.tracking if fetched else None)
-    if head is None:
-        return None  # an unborn branch with nothing committed
+    if head is None:  # an unborn branch with nothing committed (cloned before the first push)
+        _take(clone, remote_tip)
+        return None
     waiting = queue.waiting() if fetched else {}
     if remote_tip is not None and _settle(clone, queue, head, remote_tip, number=number,
                                           timeout=timeout, log=log, memo=memo):  # fmt: skip
@@ -342,6 +347,12 @@ def attempt_once(
     _push(clone, queue, head, mine, timeout=timeout, log=log)
     say(log, f"sync attempt {number}: pushed {head[:10]} to {clone.where}")
     return head
+
+
+def _take(clone: Clone, remote_tip: str | None) -> None:
+    """An unborn branch has nothing of its own to keep: it takes the remote's, as pull would."""
+    if remote_tip is not None:
+        clone.git("merge", "--quiet", remote_tip)
 
 
 def _carried(
