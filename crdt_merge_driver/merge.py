@@ -28,10 +28,12 @@ from functools import partial
 
 import orjson
 
+from crdt_merge_driver import envelope
 from crdt_merge_driver.clock import Stamp, stamp_of
 from crdt_merge_driver.codec import diff, parse
 from crdt_merge_driver.document import (
     EMPTY,
+    JSONL,
     Buffer,
     Document,
     Piece,
@@ -41,6 +43,7 @@ from crdt_merge_driver.document import (
     choose_style,
     render,
 )
+from crdt_merge_driver.envelope import is_object_file
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, Record, decode, describe, encode, identify, sort_key
 
@@ -137,11 +140,34 @@ def merge_buffers(
     base: Buffer, ours: Buffer, theirs: Buffer, *, labels: tuple[str, str, str] = _LABELS
 ) -> Merged:
     """Merge three versions of a memory file, leaving the output to be written chunk by chunk."""
+    shapes = [_read(partial(is_object_file, data), label)
+              for data, label in zip((base, ours, theirs), labels, strict=True)]  # fmt: skip
+    if any(shapes):
+        return _merge_object_files((base, ours, theirs), shapes, labels)
     ancestor = _read(partial(parse, base), labels[0])
     a_side = _read(partial(diff, ancestor, ours), labels[1])
     b_side = _read(partial(diff, ancestor, theirs), labels[2])
     # Only the ancestor's lines are parsed lazily, inside the merge itself.
     return _read(partial(merge, ancestor, a_side, b_side), labels[0])
+
+
+def _merge_object_files(
+    files: tuple[Buffer, Buffer, Buffer], shapes: list[bool], labels: tuple[str, str, str]
+) -> Merged:
+    """Three versions of a memory kept as one JSON object (see `envelope`)."""
+    for data, shape, label in zip(files, shapes, labels, strict=True):
+        if not shape and bytes(data).strip():
+            raise InputError(
+                "records one a line or in an array, where another version is one JSON object"
+                " holding the memory: a change of format is not merged",
+                line=1,
+            ).located(label)
+    versions = [_read(partial(envelope.read, data), label)
+                for data, label in zip(files, labels, strict=True)]  # fmt: skip
+    merger = _Merger(EMPTY, Side(Style(), 0), Side(Style(), 0), checked=False)
+    output, count = envelope.merge_objects(versions, merger.record, labels)
+    merger.report.kept = count
+    return Merged([output], EMPTY, Style(JSONL), merger.report)
 
 
 def _read(step: Callable[[], _T], label: str) -> _T:
@@ -153,6 +179,13 @@ def _read(step: Callable[[], _T], label: str) -> _T:
 
 def join_bytes(inputs: Sequence[Buffer], *, style: Style | None = None) -> tuple[bytes, Report]:
     """Join memory files that share no ancestor; raises `InputError` naming the input."""
+    for number, data in enumerate(inputs, 1):
+        if _read(partial(is_object_file, data), f"input {number}"):
+            raise InputError(
+                "one JSON object holding the memory: join reads records one a line or in an"
+                " array; merge such files with git, or convert them first",
+                line=1,
+            ).located(f"input {number}")
     sides = [
         _read(partial(diff, EMPTY, data), f"input {number}")
         for number, data in enumerate(inputs, 1)
@@ -256,8 +289,11 @@ def _runs(kinds: bytearray, kind: int, position: int = 0) -> Iterator[tuple[int,
 
 
 class _Merger:
-    def __init__(self, base: Document, ours: Side, theirs: Side) -> None:
+    def __init__(self, base: Document, ours: Side, theirs: Side, *, checked: bool = True) -> None:
         self.report = Report()
+        # How a record's bytes become its value: checked against its identity,
+        # unless the records are matched by an object's keys instead.
+        self.value = _decode if checked else _unchecked
         self.base, self.ours, self.theirs = base, ours, theirs
         self.repeated = base.repeated | ours.extra.keys() | theirs.extra.keys()
         size = len(base)
@@ -376,20 +412,24 @@ class _Merger:
                 return a
             return self._combine(key, None, a, b)
         if a is None:
-            return None if b is None or _same(key, b, o) else b
+            return None if b is None or self._same(key, b, o) else b
         if b is None:
-            return None if _same(key, a, o) else a
+            return None if self._same(key, a, o) else a
         if a == o:
             return b
         if b == o:
             return a
         return self._combine(key, o, a, b)
 
+    def _same(self, key: Key, x: bytes, y: bytes) -> bool:
+        return encode(self.value(key, x)) == encode(self.value(key, y))
+
     def _combine(self, key: Key, o_raw: bytes | None, a_raw: bytes, b_raw: bytes) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
         entity = type(key) is str
-        o = _decode(key, o_raw) if o_raw is not None else None
-        a, b = _decode(key, a_raw), _decode(key, b_raw)
+        value = self.value
+        o = value(key, o_raw) if o_raw is not None else None
+        a, b = value(key, a_raw), value(key, b_raw)
         merged = self._fields(key, o, a, b, entity=entity)
         if entity and ("observations" in a or "observations" in b):
             merged["observations"] = _merge_sets(
@@ -515,8 +555,12 @@ def _decode(key: Key, raw: bytes) -> Record:
     return value
 
 
-def _same(key: Key, x: bytes, y: bytes) -> bool:
-    return encode(_decode(key, x)) == encode(_decode(key, y))
+def _unchecked(key: Key, raw: bytes) -> Record:
+    """A record's value, for records matched by where they are held (an object's keys)."""
+    value = decode(raw)
+    if type(value) is not dict:
+        raise InputError(f"{describe(key)}: expected a JSON object")
+    return value
 
 
 def _merge_sets(o: list[Any], a: list[Any], b: list[Any]) -> list[Any]:
