@@ -25,14 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from itertools import chain
 
 import orjson
 
+from crdt_merge_driver import envelope
 from crdt_merge_driver.clock import Stamp, stamp_of
 from crdt_merge_driver.codec import diff, parse
 from crdt_merge_driver.document import (
     EMPTY,
+    JSONL,
     Buffer,
     Document,
     Piece,
@@ -42,6 +43,7 @@ from crdt_merge_driver.document import (
     choose_style,
     render,
 )
+from crdt_merge_driver.envelope import is_object_file
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, Record, decode, describe, encode, identify, sort_key
 
@@ -138,11 +140,34 @@ def merge_buffers(
     base: Buffer, ours: Buffer, theirs: Buffer, *, labels: tuple[str, str, str] = _LABELS
 ) -> Merged:
     """Merge three versions of a memory file, leaving the output to be written chunk by chunk."""
+    shapes = [_read(partial(is_object_file, data), label)
+              for data, label in zip((base, ours, theirs), labels, strict=True)]  # fmt: skip
+    if any(shapes):
+        return _merge_object_files((base, ours, theirs), shapes, labels)
     ancestor = _read(partial(parse, base), labels[0])
     a_side = _read(partial(diff, ancestor, ours), labels[1])
     b_side = _read(partial(diff, ancestor, theirs), labels[2])
     # Only the ancestor's lines are parsed lazily, inside the merge itself.
     return _read(partial(merge, ancestor, a_side, b_side), labels[0])
+
+
+def _merge_object_files(
+    files: tuple[Buffer, Buffer, Buffer], shapes: list[bool], labels: tuple[str, str, str]
+) -> Merged:
+    """Three versions of a memory kept as one JSON object (see `envelope`)."""
+    for data, shape, label in zip(files, shapes, labels, strict=True):
+        if not shape and bytes(data).strip():
+            raise InputError(
+                "records one a line or in an array, where another version is one JSON object"
+                " holding the memory: a change of format is not merged",
+                line=1,
+            ).located(label)
+    versions = [_read(partial(envelope.read, data), label)
+                for data, label in zip(files, labels, strict=True)]  # fmt: skip
+    merger = _Merger(EMPTY, Side(Style(), 0), Side(Style(), 0), checked=False)
+    output, count = envelope.merge_objects(versions, merger.record, labels)
+    merger.report.kept = count
+    return Merged([output], EMPTY, Style(JSONL), merger.report)
 
 
 def _read(step: Callable[[], _T], label: str) -> _T:
@@ -154,6 +179,13 @@ def _read(step: Callable[[], _T], label: str) -> _T:
 
 def join_bytes(inputs: Sequence[Buffer], *, style: Style | None = None) -> tuple[bytes, Report]:
     """Join memory files that share no ancestor; raises `InputError` naming the input."""
+    for number, data in enumerate(inputs, 1):
+        if _read(partial(is_object_file, data), f"input {number}"):
+            raise InputError(
+                "one JSON object holding the memory: join reads records one a line or in an"
+                " array; merge such files with git, or convert them first",
+                line=1,
+            ).located(f"input {number}")
     sides = [
         _read(partial(diff, EMPTY, data), f"input {number}")
         for number, data in enumerate(inputs, 1)
@@ -167,8 +199,14 @@ def merge(base: Document, ours: Side, theirs: Side) -> Merged:
     merger = _Merger(base, ours, theirs)
     pieces: list[Piece] = []
     added = merger.added()
+    # A header (records of another kind before the first entity or relation,
+    # such as mcp-knowledge-graph's {"type":"_aim",...} line, which its
+    # loader wants first) stays first; so does a new file's, on either side.
+    header = _header_length(base.kinds)
+    merger.walk(0, header, pieces)
+    pieces.extend(added[3])
     for kind in (0, 1, 2):
-        for start, stop in _runs(base.kinds, kind):
+        for start, stop in _runs(base.kinds, kind, header):
             merger.walk(start, stop, pieces)
         pieces.extend(added[kind])
     merger.report.kept += sum(map(len, added))
@@ -219,9 +257,25 @@ def _sorted_of_kind(records: dict[Key, bytes], kind: int) -> list[bytes]:
     return [records[key] for key in keys]
 
 
-def _runs(kinds: bytearray, kind: int) -> Iterator[tuple[int, int]]:
-    """The maximal runs of records of ``kind``, as ``[start, stop)``."""
-    size, position = len(kinds), 0
+def _header_length(kinds: bytearray) -> int:
+    """How many records of another kind lead the file, before its first entity or relation."""
+    found = [at for at in (kinds.find(0), kinds.find(1)) if at >= 0]
+    return min(found) if found else 0
+
+
+def _leading_others(side: Side) -> set[Key]:
+    """The records of another kind that lead a new file, before its first entity or relation."""
+    leading: set[Key] = set()
+    for key in side.changed:
+        if type(key) is not bytes:
+            break
+        leading.add(key)
+    return leading
+
+
+def _runs(kinds: bytearray, kind: int, position: int = 0) -> Iterator[tuple[int, int]]:
+    """The maximal runs of records of ``kind`` from ``position`` on, as ``[start, stop)``."""
+    size = len(kinds)
     # Where each other kind comes next, looked for again only once passed: a
     # kind that never comes is looked for once, not once per run.
     following = {other: -1 for other in (0, 1, 2) if other != kind}
@@ -235,8 +289,11 @@ def _runs(kinds: bytearray, kind: int) -> Iterator[tuple[int, int]]:
 
 
 class _Merger:
-    def __init__(self, base: Document, ours: Side, theirs: Side) -> None:
+    def __init__(self, base: Document, ours: Side, theirs: Side, *, checked: bool = True) -> None:
         self.report = Report()
+        # How a record's bytes become its value: checked against its identity,
+        # unless the records are matched by an object's keys instead.
+        self.value = _decode if checked else _unchecked
         self.base, self.ours, self.theirs = base, ours, theirs
         self.repeated = base.repeated | ours.extra.keys() | theirs.extra.keys()
         size = len(base)
@@ -291,8 +348,12 @@ class _Merger:
             self.report.changed += 1
         return result
 
-    def added(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """Records the ancestor does not have, merged, by kind, sorted by identity."""
+    def added(self) -> tuple[list[bytes], list[bytes], list[bytes], list[bytes]]:
+        """Records the ancestor does not have, merged, by kind, sorted by identity.
+
+        The fourth list is a new file's header: where the ancestor holds no
+        record, the records of another kind that lead either side.
+        """
         index = self.base.index
         new = {key for side in (self.ours, self.theirs) for key in side.changed if key not in index}
         new.update(
@@ -305,10 +366,15 @@ class _Merger:
             assert result is not None  # present on at least one side
             records[key] = result
         self.report.added = len(records)
+        header: dict[Key, bytes] = {}
+        if not len(self.base):
+            for key in _leading_others(self.ours) | _leading_others(self.theirs):
+                header[key] = records.pop(key)
         return (
             _sorted_of_kind(records, 0),
             _sorted_of_kind(records, 1),
             _sorted_of_kind(records, 2),
+            _sorted_of_kind(header, 2),
         )
 
     def _version(self, side: Side | None, key: Key) -> bytes | None:
@@ -346,56 +412,136 @@ class _Merger:
                 return a
             return self._combine(key, None, a, b)
         if a is None:
-            return None if b is None or _same(key, b, o) else b
+            return None if b is None or self._same(key, b, o) else b
         if b is None:
-            return None if _same(key, a, o) else a
+            return None if self._same(key, a, o) else a
         if a == o:
             return b
         if b == o:
             return a
         return self._combine(key, o, a, b)
 
+    def _same(self, key: Key, x: bytes, y: bytes) -> bool:
+        return encode(self.value(key, x)) == encode(self.value(key, y))
+
     def _combine(self, key: Key, o_raw: bytes | None, a_raw: bytes, b_raw: bytes) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
         entity = type(key) is str
-        o = _decode(key, o_raw) if o_raw is not None else None
-        a, b = _decode(key, a_raw), _decode(key, b_raw)
-        merged = dict(self._register(key, o, a, b, entity=entity))
+        value = self.value
+        o = value(key, o_raw) if o_raw is not None else None
+        a, b = value(key, a_raw), value(key, b_raw)
+        merged = self._fields(key, o, a, b, entity=entity)
         if entity and ("observations" in a or "observations" in b):
             merged["observations"] = _merge_sets(
                 o.get("observations", []) if o is not None else [],
                 a.get("observations", []),
                 b.get("observations", []),
             )
-        return encode(merged)
+        return encode(merged, like=o)
 
-    def _register(
-        self, key: Key, o: Record | None, a: Record, b: Record, *, entity: bool
-    ) -> Record:
-        reg_a, reg_b = _register(a, entity=entity), _register(b, entity=entity)
-        raw_a, raw_b = encode(reg_a), encode(reg_b)
-        raw_o = encode(_register(o, entity=entity)) if o is not None else None
-        if raw_a in (raw_b, raw_o):
-            return reg_b
-        if raw_b == raw_o:
-            return reg_a
-        stamp_a, stamp_b = stamp_of(reg_a), stamp_of(reg_b)
-        rank_a = (stamp_a is not None, stamp_a or _UNSTAMPED, raw_a)
-        rank_b = (stamp_b is not None, stamp_b or _UNSTAMPED, raw_b)
-        kept, dropped = (reg_a, reg_b) if rank_a > rank_b else (reg_b, reg_a)
-        by_stamp = stamp_a is not None and stamp_b is not None and stamp_a != stamp_b
-        if _without_metadata(kept) != _without_metadata(dropped):
-            # Two stamps on the same content (one record created on two
-            # machines, say) decide nothing a user would want to hear about.
-            self.report.decisions.append(Decision(key, kept, dropped, by_stamp=by_stamp))
-        return kept
+    def _fields(self, key: Key, o: Record | None, a: Record, b: Record, *, entity: bool) -> Record:
+        """Every field but the observations, each merged against the ancestor on its own.
+
+        A field one side left as the ancestor had it takes the other side's
+        version; a field both changed differently takes the version of the
+        side with the later stamp, else the greater canonical bytes of the
+        field. So a writer that re-stamps a time field on every save
+        (``_savedAt``, ``updatedAt``) never makes one side's edit of another
+        field lose. The stamp itself (``_crdt``, ``_crdt_metadata``) goes with
+        the fields it dates: the side whose fields the result holds, else
+        (fields from both, or the same fields) the later stamp.
+        """
+        stamp_a, stamp_b = stamp_of(a), stamp_of(b)
+        rank_a = (stamp_a is not None, stamp_a or _UNSTAMPED, _metadata_bytes(a))
+        rank_b = (stamp_b is not None, stamp_b or _UNSTAMPED, _metadata_bytes(b))
+        merged: Record = {}
+        won: Record = {}
+        lost: Record = {}
+        like_a = like_b = like_o = True  # the result's fields so far are that version's
+        for name in {**(o or {}), **a, **b}:
+            if name in _METADATA or (entity and name == "observations"):
+                continue
+            field_a, field_b = _field_bytes(a, name), _field_bytes(b, name)
+            field_o = _field_bytes(o, name) if o is not None else None
+            if field_a == field_b:
+                chosen = a
+                like_o = like_o and field_a == field_o
+            else:
+                order_a, order_b = _order(rank_a, field_a), _order(rank_b, field_b)
+                chosen = _choose_field(a, b, field_o, order_a, order_b)
+                like_a, like_b, like_o = like_a and chosen is a, like_b and chosen is b, False
+                if field_a != field_o != field_b and not name.startswith("_"):
+                    # Contested (a writer's "_" bookkeeping is not worth a line).
+                    other = b if chosen is a else a
+                    won[name], lost[name] = chosen.get(name), other.get(name)
+            if name in chosen:
+                merged[name] = chosen[name]
+        if like_a != like_b:
+            stamped = a if like_a else b
+        else:
+            stamped = _stamp_side(a, b, o if like_o else None, rank_a, rank_b)
+        for name in _METADATA:
+            if name in stamped:
+                merged[name] = stamped[name]
+        if won:
+            by_stamp = stamp_a is not None and stamp_b is not None and stamp_a != stamp_b
+            self.report.decisions.append(Decision(key, won, lost, by_stamp=by_stamp))
+        return merged
 
 
-def _without_metadata(record: Record) -> bytes:
-    return encode({name: value for name, value in record.items() if name not in _METADATA})
+def _stamp_side(
+    a: Record, b: Record, o: Record | None, rank_a: tuple[Any, ...], rank_b: tuple[Any, ...]
+) -> Record:
+    """The side whose stamp goes on a result that holds the same fields as both sides.
+
+    ``o`` is the ancestor if the result's fields are also the ancestor's: then
+    no field changed and the stamp is merged as a 3-way register of its own.
+    ``rank_*`` is ``(stamped, stamp, metadata bytes)``.
+    """
+    if o is not None:
+        meta_o = _metadata_bytes(o)
+        if rank_a[2] == meta_o:
+            return b
+        if rank_b[2] == meta_o:
+            return a
+    return a if rank_a > rank_b else b
 
 
-_METADATA = frozenset(("_crdt", "_crdt_metadata"))
+def _choose_field(
+    a: Record, b: Record, field_o: bytes | None, order_a: tuple[Any, ...], order_b: tuple[Any, ...]
+) -> Record:
+    """The version of a field the sides hold differently: one side's change, else the greater.
+
+    ``order_*`` is ``(stamped, stamp, field bytes, metadata bytes)`` (see `_order`).
+    """
+    if order_a[2] == field_o:
+        return b
+    if order_b[2] == field_o:
+        return a
+    return a if order_a > order_b else b
+
+
+def _order(rank: tuple[bool, Stamp, bytes], field: bytes) -> tuple[bool, Stamp, bytes, bytes]:
+    # Ordered by the field before the metadata bytes, so that records that carry no
+    # stamp are decided field by field on the field alone; among versions of equal
+    # field bytes this is the order of ``rank`` itself, as it must be for the merge to
+    # associate.
+    stamped, stamp, metadata = rank
+    return (stamped, stamp, field, metadata)
+
+
+_METADATA = ("_crdt", "_crdt_metadata")
+_ABSENT = b""  # the canonical bytes of a field a record does not have
+
+
+def _field_bytes(record: Record, name: str) -> bytes:
+    if name not in record:
+        return _ABSENT
+    return orjson.dumps(record[name], option=orjson.OPT_SORT_KEYS)
+
+
+def _metadata_bytes(record: Record) -> bytes:
+    return b"".join(_field_bytes(record, name) + b"\n" for name in _METADATA)
 
 
 def _decode(key: Key, raw: bytes) -> Record:
@@ -409,49 +555,78 @@ def _decode(key: Key, raw: bytes) -> Record:
     return value
 
 
-def _register(record: Record, *, entity: bool) -> Record:
-    if not entity:
-        return record
-    return {name: value for name, value in record.items() if name != "observations"}
-
-
-def _same(key: Key, x: bytes, y: bytes) -> bool:
-    return encode(_decode(key, x)) == encode(_decode(key, y))
+def _unchecked(key: Key, raw: bytes) -> Record:
+    """A record's value, for records matched by where they are held (an object's keys)."""
+    value = decode(raw)
+    if type(value) is not dict:
+        raise InputError(f"{describe(key)}: expected a JSON object")
+    return value
 
 
 def _merge_sets(o: list[Any], a: list[Any], b: list[Any]) -> list[Any]:
     """Observations as a set against the ancestor, in a side-independent order.
 
-    Survivors keep the ancestor's order; additions follow, sorted.
+    An observation is known by its value: a string, or an object by its
+    ``text`` or ``content`` string where it has one (mcp-think-tank and
+    study-flamingo write ``{"text"|"content", "timestamp", ...}``), else by
+    its canonical JSON. Additions on either side are kept, a removal on
+    either side stays removed. One observation the versions hold in
+    different forms (a new timestamp, say) is merged as a register: one
+    side's change, else the greater canonical bytes. Survivors keep the
+    ancestor's order; additions follow, sorted.
     """
-    keys_o, keys_a, keys_b = _element_keys(o), _element_keys(a), _element_keys(b)
-    if keys_a in (keys_b, keys_o):
+    list_o, list_a, list_b = (orjson.dumps(x, option=orjson.OPT_SORT_KEYS) for x in (o, a, b))
+    if list_a in (list_b, list_o):
         return b
-    if keys_b == keys_o:
+    if list_b == list_o:
         return a
-    in_o, in_a, in_b = set(keys_o), set(keys_a), set(keys_b)
+    in_o, in_a, in_b = _elements(o), _elements(a), _elements(b)
     merged: list[Any] = []
-    seen: set[object] = set()
-    for key, element in zip(keys_o, o, strict=True):
-        if key in in_a and key in in_b and key not in seen:
-            seen.add(key)
-            merged.append(element)
-    added: dict[object, Any] = {}
-    for key, element in chain(zip(keys_a, a, strict=True), zip(keys_b, b, strict=True)):
-        if key not in in_o:
-            added.setdefault(key, element)
-    merged.extend(added[key] for key in sorted(added, key=_element_order))
+    for key, (canonical_o, _) in in_o.items():
+        held_a, held_b = in_a.get(key), in_b.get(key)
+        if held_a is None or held_b is None:
+            continue  # removed on a side
+        if held_a[0] == canonical_o:
+            merged.append(held_b[1])
+        elif held_b[0] == canonical_o or held_a[0] > held_b[0]:
+            merged.append(held_a[1])
+        else:
+            merged.append(held_b[1])
+    added: dict[tuple[int, Any], tuple[bytes, Any]] = {}
+    for elements in (in_a, in_b):
+        for key, held in elements.items():
+            if key not in in_o and (key not in added or held[0] > added[key][0]):
+                added[key] = held
+    merged.extend(added[key][1] for key in sorted(added))
     return merged
 
 
-def _element_keys(elements: list[Any]) -> list[object]:
-    # Observations are strings; anything else compares by canonical JSON bytes
-    # (so 1, 1.0 and true stay three different observations).
-    return [
-        element if type(element) is str else orjson.dumps(element, option=orjson.OPT_SORT_KEYS)
-        for element in elements
-    ]
+def _elements(elements: list[Any]) -> dict[tuple[int, Any], tuple[bytes, Any]]:
+    """Each observation by identity: its canonical bytes and its value, in list order.
+
+    An identity held twice keeps the greater canonical bytes, so the result
+    does not depend on the order of the list.
+    """
+    found: dict[tuple[int, Any], tuple[bytes, Any]] = {}
+    for element in elements:
+        if type(element) is str:
+            # A string is its own identity and canonical form.
+            key: tuple[int, Any] = (0, element)
+            held = (element.encode("utf-8", "surrogatepass"), element)
+        else:
+            canonical = orjson.dumps(element, option=orjson.OPT_SORT_KEYS)
+            key = _element_identity(element, canonical)
+            held = (canonical, element)
+        previous = found.get(key)
+        if previous is None or held[0] > previous[0]:
+            found[key] = held
+    return found
 
 
-def _element_order(key: object) -> tuple[int, Any]:
-    return (0, key) if type(key) is str else (1, key)
+def _element_identity(element: object, canonical: bytes) -> tuple[int, Any]:
+    if type(element) is dict:
+        for tier, name in ((1, "text"), (2, "content")):
+            label = element.get(name)
+            if type(label) is str:
+                return (tier, label)
+    return (3, canonical)

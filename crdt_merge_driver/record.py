@@ -1,9 +1,15 @@
 """What a memory record is: its identity and its canonical bytes.
 
-Identity decides which lines of two files are "the same record":
+Identity decides which lines of two files are "the same record". Records are
+known by their shape as well as their tag, since other writers of memory files
+tag them otherwise (``"_type"``, mcp-think-tank) or not at all (a Rust
+memory-graph):
 
-* an entity (``"type": "entity"``) is its ``name``, as the memory server sees it;
-* a relation (``"type": "relation"``) is ``(from, relationType, to)``;
+* an entity (``"type": "entity"``, ``"_type": "entity"``, or untagged with a
+  string ``name`` and a list ``observations``) is its ``name``, as the memory
+  server sees it;
+* a relation (``"type"``/``"_type"`` ``"relation"``, or untagged with string
+  ``from``, ``to`` and ``relationType``) is ``(from, relationType, to)``;
 * any other record is its ``id``, else its ``name`` with its ``type``, else
   ``_crdt_metadata.unique_id`` (the older backup scripts), else its whole
   canonical content.
@@ -42,7 +48,12 @@ def identify(value: object) -> Key:
     """The identity of one parsed record; raises `InputError` on a wrong shape."""
     if type(value) is not dict:
         raise InputError(f"expected a JSON object, found {_json_type(value)}")
-    kind = value.get("type")
+    if "type" in value:
+        kind = value["type"]
+    elif "_type" in value:
+        kind = value["_type"]
+    else:
+        kind = _shape(value)
     if kind == "entity":
         name = value.get("name")
         if type(name) is not str:
@@ -59,6 +70,15 @@ def identify(value: object) -> Key:
     return _identify_other(value)
 
 
+def _shape(value: Record) -> str | None:
+    """What an untagged record is by its fields alone (None: neither kind)."""
+    if type(value.get("name")) is str and type(value.get("observations")) is list:
+        return "entity"
+    if all(type(value.get(end)) is str for end in ("from", "to", "relationType")):
+        return "relation"
+    return None
+
+
 def _identify_other(value: Record) -> bytes:
     if "id" in value:
         return b"id:" + _dumps_sorted(value["id"])
@@ -70,16 +90,20 @@ def _identify_other(value: Record) -> bytes:
     return b"content:" + encode(value)
 
 
-def encode(value: Record) -> bytes:
+def encode(value: Record, *, like: Record | None = None) -> bytes:
     """Canonical compact bytes of a record.
 
     The server's fields come first in the server's order, every other field
     after them sorted by name (those starting with "_" last), and nested
     objects with sorted keys: equal records give equal bytes whatever order
-    their fields were read in.
+    their fields were read in. With ``like`` (the ancestor's version of a
+    merged record), the fields it has come first in its order instead, so a
+    record merged from another writer's lines keeps that writer's field order.
     """
-    items = [(name, value[name]) for name in _LEADING if name in value]
-    rest = [name for name in value if name not in _LEADING_FIELDS]
+    leading = _LEADING if like is None else [name for name in like if name in value]
+    items = [(name, value[name]) for name in leading if name in value]
+    placed = _LEADING_FIELDS if like is None else frozenset(leading)
+    rest = [name for name in value if name not in placed]
     rest.sort(key=lambda name: (name.startswith("_"), name))
     items += [(name, value[name]) for name in rest]
     return (

@@ -7,6 +7,7 @@ rebase does) and must give ``expected`` byte for byte. See
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
+from crdt_merge_driver.errors import ExitCode, InputError
 from crdt_merge_driver.merge import merge_bytes
 
 CASES = Path(__file__).parent / "cases"
@@ -41,9 +43,29 @@ def test_case(name: str) -> None:
     assert merge_bytes(case.base, case.theirs, case.ours)[0] == case.expected
 
 
+def refused_names() -> list[str]:
+    return sorted(path.name for path in CASES.iterdir() if (path / "refused").is_file())
+
+
+@pytest.mark.parametrize("name", refused_names())
+def test_refused_case(name: str, tmp_path: Path) -> None:
+    """A case with ``refused`` instead of ``expected``: no merge, one line naming why."""
+    folder = CASES / name
+    base, ours, theirs = ((folder / part).read_bytes() for part in ("base", "ours", "theirs"))
+    reason = (folder / "refused").read_text(encoding="utf-8").strip()
+    for a, b in ((ours, theirs), (theirs, ours)):
+        with pytest.raises(InputError, match=re.escape(reason)):
+            merge_bytes(base, a, b)
+    result = run_driver(Case(base, ours, theirs, b""), tmp_path)
+    assert result.returncode == ExitCode.CONFLICT, result.stderr
+    said = [line for line in result.stderr.splitlines() if reason in line]
+    assert len(said) == 1 and "memory.jsonl" in said[0], result.stderr
+
+
 def test_there_are_cases_for_every_rule() -> None:
     # A folder renamed or a glob gone wrong must not turn the golden cases into zero tests.
     assert len(case_names()) >= 20
+    assert refused_names()
 
 
 # A few cases through the driver as git runs it: a whole process, %A rewritten.

@@ -273,7 +273,8 @@ def _check_observations(base: Graph, side: Graph, other: Graph, result: Result) 
 @settings(max_examples=400)
 @given(st.one_of(triples(), concurrent_scalar_edits()))
 def test_scalar_edits_follow_the_register_rules(history: History) -> None:
-    """One side's scalar edit wins; concurrent edits: stamped over unstamped, the later stamp,
+    """Field by field: one side's edit of a field wins (its stamp goes with it, even where the
+    other side only re-stamped); concurrent edits: stamped over unstamped, the later stamp,
     else the greater canonical bytes."""
     base, ours, theirs = history.base.graph, history.sides[0].graph, history.sides[1].graph
     result = Result(merged(history.base.data, history.sides[0].data, history.sides[1].data))
@@ -291,6 +292,10 @@ def test_scalar_edits_follow_the_register_rules(history: History) -> None:
             assert got == a
         elif a == o:
             assert got == b
+        elif o is not None and _scalar(a) == _scalar(o) != _scalar(b):
+            assert got == b, f"{name!r}: a re-stamp undid the other side's edit"
+        elif o is not None and _scalar(b) == _scalar(o) != _scalar(a):
+            assert got == a, f"{name!r}: a re-stamp undid the other side's edit"
         elif ("_crdt" in a) != ("_crdt" in b):
             assert got == (a if "_crdt" in a else b), f"{name!r}: the unstamped version won"
         elif "_crdt" in a and _stamp(a) != _stamp(b):
@@ -301,6 +306,10 @@ def test_scalar_edits_follow_the_register_rules(history: History) -> None:
 
 def _register(record: Record) -> Record:
     return {key: value for key, value in record.items() if key != "observations"}
+
+
+def _scalar(register: Record) -> Record:
+    return {key: value for key, value in register.items() if key != "_crdt"}
 
 
 def _stamp(register: Record) -> tuple[datetime, int, str]:
