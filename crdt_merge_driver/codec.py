@@ -281,6 +281,10 @@ def _walk(base: Document, data: Buffer) -> Side:
         )
 
     while position < size:
+        if base.repeated and (held := _past_repeats(base, same, expected)) > expected:
+            # Every line twice (merge=union damage): the side need not hold the
+            # copies, and a block would span them: skipped, matched line by line.
+            expected, stride = held, 1
         if expected < count:
             last = min(expected + stride, count) - 1
             if matches(expected, last):
@@ -299,6 +303,7 @@ def _walk(base: Document, data: Buffer) -> Side:
                     low = middle + 1
                 else:
                     high = middle
+            stride = 1
             if low > expected:
                 same[expected:low] = _ONES[: low - expected]
                 # Past the line break after the last line kept: the side's own
@@ -307,7 +312,7 @@ def _walk(base: Document, data: Buffer) -> Side:
                 stop = find(b"\n", matched_end)
                 position = size if stop < 0 else stop + 1
                 expected = low
-            stride = 1
+                continue  # the differing line is read next, unless it is a copy (above)
         stop = find(b"\n", position)
         if stop < 0:
             stop = size
@@ -319,6 +324,22 @@ def _walk(base: Document, data: Buffer) -> Side:
             expected = _place_line(side, base, parsed[0], line, expected)
     _settle(side, base)
     return side
+
+
+def _past_repeats(base: Document, same: bytearray, i: int) -> int:
+    """The first ancestor line from ``i`` on that is not a copy of an earlier one the side holds.
+
+    What merge=union leaves (every line twice): without this, a side holding
+    each record once lines up with none of the ancestor's lines after the
+    first repeat, and every line of it is parsed.
+    """
+    keys, repeated, index = base.keys, base.repeated, base.index
+    while i < len(keys) and keys[i] in repeated:
+        first = index[keys[i]]
+        if not (first < i and same[first] == 1 and base.raw(first) == base.raw(i)):
+            break
+        i += 1
+    return i
 
 
 def _place_line(side: Side, base: Document, key: Key, line: bytes, expected: int) -> int:

@@ -83,6 +83,7 @@ class Document:
         "kinds",
         "raws",
         "repeated",
+        "spread",
         "starts",
         "style",
     )
@@ -93,6 +94,7 @@ class Document:
         self.kinds = bytearray()
         self.index: dict[Key, int] = {}
         self.repeated: set[Key] = set()
+        self.spread: dict[Key, list[int]] | None = None  # positions of repeated keys, once asked
         self.data: Buffer = b""
         self.starts = array("q")
         self.ends = array("q")
@@ -115,7 +117,16 @@ class Document:
             return []
         if key not in self.repeated:
             return [first]
-        return [i for i in range(first, len(self.keys)) if self.keys[i] == key]
+        if self.spread is None:
+            # One pass for every repeated identity: a file damaged by
+            # merge=union repeats them all, and a scan per identity is quadratic.
+            spread: dict[Key, list[int]] = {}
+            repeated = self.repeated
+            for i, each in enumerate(self.keys):
+                if each in repeated:
+                    spread.setdefault(each, []).append(i)
+            self.spread = spread
+        return self.spread[key]
 
     def block(self, start: int, stop: int, newline: bytes) -> memoryview | None:
         """Records ``start..stop-1`` as one slice of the file, if the file holds them so.

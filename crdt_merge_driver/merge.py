@@ -244,8 +244,29 @@ class _Merger:
         both = int.from_bytes(ours.same, "little") & int.from_bytes(theirs.same, "little")
         self.untouched = bytearray(both.to_bytes(size, "little"))
         for key in self.repeated:
-            for i in base.positions(key):
+            positions = base.positions(key)
+            for i in positions:
                 self.untouched[i] = 0
+            if self._plain_repeat(key, positions):
+                # Copied as its first line, never parsed; the copies are dropped
+                # (see `_line`). What merge=union leaves: every line twice.
+                self.untouched[positions[0]] = 1
+                self.report.folded += len(positions) - 1
+
+    def _plain_repeat(self, key: Key, positions: list[int]) -> bool:
+        """An ancestor record repeated byte for byte, which each side holds as it was."""
+        if len(positions) < 2:
+            return False
+        base = self.base
+        first = base.raw(positions[0])
+        if any(base.raw(i) != first for i in positions[1:]):
+            return False
+        return all(
+            key not in side.changed
+            and key not in side.extra
+            and any(side.same[i] for i in positions)
+            for side in (self.ours, self.theirs)
+        )
 
     def walk(self, start: int, stop: int, pieces: list[Piece]) -> None:
         """Merge ancestor records ``start..stop-1`` into ``pieces``."""
