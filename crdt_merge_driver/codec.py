@@ -26,6 +26,7 @@ import orjson
 from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Buffer, Document, Side, Style, line_at
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, identify
+from crdt_merge_driver.value import dumps, loads
 
 _CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>", b"|||||||")
 # The memory server writes every entity line with this prefix (JSON.stringify of
@@ -231,7 +232,7 @@ def _parse_line(line: bytes, number: Callable[[], int]) -> tuple[Key, int] | Non
     ``number`` gives the line's number, counted only if it is needed for an error.
     """
     try:
-        value = orjson.loads(line)
+        value = loads(line)
     except orjson.JSONDecodeError:
         if not line.strip():
             return None
@@ -392,7 +393,7 @@ def _bad_line(line: bytes, number: int) -> InputError:
     except UnicodeDecodeError as error:
         return InputError(f"not UTF-8 (byte {line[error.start]:#04x})", line=number)
     try:
-        orjson.loads(line)
+        loads(line)
     except orjson.JSONDecodeError as error:
         return InputError(f"not JSON ({error.msg})", line=number)
     raise AssertionError("a line that failed to parse parsed")  # pragma: no cover
@@ -401,7 +402,7 @@ def _bad_line(line: bytes, number: int) -> InputError:
 def _index_array(data: Buffer) -> Document:
     raw_data = bytes(data)
     try:
-        values = orjson.loads(raw_data)
+        values = loads(raw_data)
     except orjson.JSONDecodeError as error:
         raise _bad_document(raw_data, error) from None
     if type(values) is not list:
@@ -416,7 +417,7 @@ def _index_array(data: Buffer) -> Document:
         except InputError as error:
             line = _element_line(raw_data, position)
             raise InputError(f"record {position + 1}: {error.reason}", line=line) from None
-        raws.append(orjson.dumps(value))
+        raws.append(dumps(value))
         document.keys.append(key)
         document.kinds.append(_kind(key))
     _index_keys(document)

@@ -12,9 +12,8 @@ import mmap
 from array import array
 from collections.abc import Iterable, Iterator
 
-import orjson
-
 from crdt_merge_driver.record import Key
+from crdt_merge_driver.value import dumps, loads
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it
@@ -225,12 +224,12 @@ def _records(pieces: Iterable[Piece], base: Document) -> Iterator[bytes]:
 
 
 def _render_array(records: Iterable[bytes], style: Style, newline: bytes) -> bytes:
-    values = [orjson.loads(raw) for raw in records]
+    values = [loads(raw) for raw in records]
     indent = b"  " if style.indent is None else style.indent
     if not indent:
-        body = orjson.dumps(values)
+        body = dumps(values)
     else:
-        body = orjson.dumps(values, option=orjson.OPT_INDENT_2)
+        body = dumps(values, indent=True)
         if indent != b"  ":
             body = b"\n".join(_reindent(line, indent) for line in body.split(b"\n"))
     if style.final_newline:

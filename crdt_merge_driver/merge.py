@@ -44,6 +44,7 @@ from crdt_merge_driver.document import (
 )
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, Record, decode, describe, encode, identify, sort_key
+from crdt_merge_driver.value import dumps
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it
@@ -79,7 +80,7 @@ class Decision:
 
 
 def _show(value: object) -> str:
-    return "(absent)" if value is None else orjson.dumps(value).decode()
+    return "(absent)" if value is None else dumps(value).decode()
 
 
 class Report:
@@ -469,7 +470,7 @@ def _element_keys(elements: list[Any]) -> list[object]:
     # Observations are strings; anything else compares by canonical JSON bytes
     # (so 1, 1.0 and true stay three different observations).
     return [
-        element if type(element) is str else orjson.dumps(element, option=orjson.OPT_SORT_KEYS)
+        element if type(element) is str else dumps(element, sort_keys=True)
         for element in elements
     ]
 
