@@ -53,6 +53,10 @@ KILL_SWITCH = "CRDT_MERGE_DRIVER_DISABLE"
 MARKER_SIZE = "7"
 MEMORY_PATH = "memory.jsonl"  # what git passes as %P
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+# Sizes also run with an ancestor damaged by merge=union (every line twice);
+# such a merge may take at most this many times the clean file's median.
+TWICE_SIZES = (10_000,)
+TWICE_RATIO = 3.0
 HERE = Path(__file__).resolve().parent
 
 
@@ -93,6 +97,12 @@ class Result(NamedTuple):
     ours: list[Run]
     git: list[Run]
     problems: list[str]
+    twice: bool = False  # the ancestor holds every line twice (merge=union damage)
+    clean_median: float | None = None  # the same size's clean median, for a twice row
+
+    @property
+    def label(self) -> str:
+        return f"{self.size:,}" + (" (ancestor: every line twice)" if self.twice else "")
 
     @property
     def ours_median(self) -> float:
@@ -112,6 +122,13 @@ class Result(NamedTuple):
 
     def verdict(self) -> str:
         failures = list(self.problems)
+        if self.twice:
+            if self.clean_median is None:
+                return "FAIL: " + "; ".join([*failures, "no clean run to compare with"])
+            ratio = self.ours_median / self.clean_median
+            if ratio > TWICE_RATIO:
+                failures.append(f"{ratio:.2f}x > {TWICE_RATIO}x the clean file")
+            return "FAIL: " + "; ".join(failures) if failures else "pass"
         target = TARGETS.get(self.size)
         if target is not None:
             if self.ours_median >= target.seconds:
@@ -269,9 +286,17 @@ def generate(size: int) -> tuple[bytes, bytes, bytes]:
     return ancestor, ours, theirs
 
 
-def prepare(workdir: Path, size: int) -> Inputs:
-    """The three input files for ``size``, generated once and cached in ``workdir``."""
-    folder = workdir / f"n{size}-v{GENERATOR_VERSION}"
+def twice(data: bytes) -> bytes:
+    """What merge=union leaves of a file when one side is CRLF: every line twice."""
+    return b"\n".join(line for line in data.split(b"\n") for line in (line, line))
+
+
+def prepare(workdir: Path, size: int, *, damaged: bool = False) -> Inputs:
+    """The three input files for ``size``, generated once and cached in ``workdir``.
+
+    ``damaged``: the ancestor holds every line twice; the sides are the clean ones.
+    """
+    folder = workdir / f"n{size}{'-twice' if damaged else ''}-v{GENERATOR_VERSION}"
     inputs = Inputs(
         folder / "ancestor.jsonl", folder / "ours.jsonl", folder / "theirs.jsonl", folder / "run"
     )
@@ -280,7 +305,10 @@ def prepare(workdir: Path, size: int) -> Inputs:
         print(f"generating {size:,} entities in {folder} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
-        for path, data in zip(files, generate(size), strict=True):
+        ancestor, ours, theirs = generate(size)
+        if damaged:
+            ancestor = twice(ancestor)
+        for path, data in zip(files, (ancestor, ours, theirs), strict=True):
             temp = path.with_suffix(".tmp")
             temp.write_bytes(data)
             temp.replace(path)  # a run cut short never leaves a truncated input behind
@@ -602,7 +630,7 @@ def report(results: Sequence[Result], *, tools: Tools, warmup: int, driver: str)
     ]
     for result in results:
         lines.append(
-            f"| {result.size:,} | {_megabytes(result.file_bytes)} "
+            f"| {result.label} | {_megabytes(result.file_bytes)} "
             f"| {_duration(result.ours_median)} | {_duration(result.git_median)} "
             f"| {_ratio(result.ours_median, result.git_median)} "
             f"| {_megabytes(result.ours_peak)} | {_megabytes(result.git_peak)} "
@@ -612,7 +640,7 @@ def report(results: Sequence[Result], *, tools: Tools, warmup: int, driver: str)
     for result in results:
         conflicts = statistics.median(run.exit_code for run in result.git)
         lines.append(
-            f"- {result.size:,}: {len(result.ours)} timed runs each; git merge-file left "
+            f"- {result.label}: {len(result.ours)} timed runs each; git merge-file left "
             f"{conflicts:g} conflict(s){' (127 means 127 or more)' if conflicts >= 127 else ''}"
         )
     targets = "; ".join(
@@ -621,7 +649,8 @@ def report(results: Sequence[Result], *, tools: Tools, warmup: int, driver: str)
         + (", peak memory no higher than git's" if target.memory else "")
         for size, target in TARGETS.items()
     )
-    lines.append(f"- targets: {targets}")
+    lines.append(f"- targets: {targets}; an ancestor holding every line twice: within "
+                 f"{TWICE_RATIO}x the clean file's median")
     return "\n".join(lines) + "\n"
 
 
@@ -671,6 +700,11 @@ def _parser() -> argparse.ArgumentParser:
         help="where inputs are cached (default benchmarks/data/)",
     )
     parser.add_argument(
+        "--no-twice",
+        action="store_true",
+        help="skip the run whose ancestor holds every line twice (merge=union damage)",
+    )
+    parser.add_argument(
         "--markdown-out", type=Path, metavar="FILE", help="also write the table here"
     )
     return parser
@@ -696,15 +730,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for size in args.sizes:
         inputs = prepare(args.workdir.resolve(), size)
         repeat = args.repeat or _default_repeat(size)
-        results.append(
-            bench(
-                inputs,
-                size=size,
-                repeat=max(1, repeat),
-                warmup=max(0, args.warmup),
-                tools=tools,
-            )
+        clean = bench(
+            inputs, size=size, repeat=max(1, repeat), warmup=max(0, args.warmup), tools=tools
         )
+        results.append(clean)
+        if size in TWICE_SIZES and not args.no_twice:
+            damaged = bench(
+                prepare(args.workdir.resolve(), size, damaged=True),
+                size=size, repeat=max(1, repeat), warmup=max(0, args.warmup), tools=tools,
+            )  # fmt: skip
+            results.append(damaged._replace(twice=True, clean_median=clean.ours_median))
     if driver_version(tools.git) != driver:
         driver += " (WARNING: the driver changed during the run; the timings mix versions)"
     text = report(results, tools=tools, warmup=max(0, args.warmup), driver=driver)

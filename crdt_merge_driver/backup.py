@@ -27,8 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-import orjson
-
 from crdt_merge_driver import PROGRAM, git, install, sync
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
 from crdt_merge_driver.clock import HybridClock
@@ -43,6 +41,7 @@ from crdt_merge_driver.live import (
 )
 from crdt_merge_driver.merge import merge_bytes
 from crdt_merge_driver.record import Key, Record
+from crdt_merge_driver.value import dumps
 
 DEFAULT_AS = "memory.jsonl"
 SYNCED_REFS = "refs/crdt-merge-driver/synced/"
@@ -384,7 +383,7 @@ def _base(
 
 def _server_view(value: Record | None) -> bytes | None:
     # A record the server cannot hold is never in the live file: as absent as no record.
-    return None if value is None else server_form(orjson.dumps(value)) or None
+    return None if value is None else server_form(dumps(value)) or None
 
 
 def _commit_machine_version(

@@ -13,6 +13,13 @@ wall clock is hours behind. The older backup scripts' ``_crdt_metadata``
 
 Stamps only break ties between concurrent scalar edits; the merge is correct
 without them, and the memory server drops them from its live file.
+
+Stamps come from other machines, so they are untrusted: one whose time is
+malformed or outside the years 1..9999 UTC (a number: 1970..9999), or
+whose counter is not an integer in ``0 .. 2**53 - 1``, is no stamp at all
+(a host that is not a string reads as no host). It orders nothing (the
+record counts as unstamped) and the clock does not move past it, so no
+later stamp is ever a time that cannot be written.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ if TYPE_CHECKING:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _YEAR_10000 = 253_402_300_800  # seconds since the epoch
+# The times a stamp can be written as: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z.
+_FIRST_MICROS = -62_135_596_800 * 1_000_000
+_LAST_MICROS = _YEAR_10000 * 1_000_000 - 1
+_COUNTERS = 1 << 53  # integers JavaScript holds exactly
 
 
 class Stamp(tuple[int, int, str]):
@@ -67,7 +78,7 @@ def stamp_of(record: dict[str, Any]) -> Stamp | None:
     if type(meta) is dict:
         micros = _micros(meta.get("time"))
         counter = meta.get("counter", 0)
-        if micros is not None and type(counter) is int:
+        if micros is not None and type(counter) is int and 0 <= counter < _COUNTERS:
             return Stamp(micros, counter, _host(meta))
     meta = record.get("_crdt_metadata")
     if type(meta) is dict:
@@ -95,8 +106,13 @@ def _micros(moment: object) -> int | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    delta = parsed - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    try:
+        delta = parsed - _EPOCH
+    except OverflowError:  # an offset that takes the time past year 9999
+        return None
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    # 9999-12-31T23:59:59-01:00 is past the last time a stamp can be written as.
+    return micros if _FIRST_MICROS <= micros <= _LAST_MICROS else None
 
 
 class HybridClock:

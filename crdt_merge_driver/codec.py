@@ -26,6 +26,7 @@ import orjson
 from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Buffer, Document, Side, Style, line_at
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, identify
+from crdt_merge_driver.value import dumps, loads
 
 _CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>", b"|||||||")
 # The memory server writes every entity line with this prefix (JSON.stringify of
@@ -231,7 +232,7 @@ def _parse_line(line: bytes, number: Callable[[], int]) -> tuple[Key, int] | Non
     ``number`` gives the line's number, counted only if it is needed for an error.
     """
     try:
-        value = orjson.loads(line)
+        value = loads(line)
     except orjson.JSONDecodeError:
         if not line.strip():
             return None
@@ -281,6 +282,10 @@ def _walk(base: Document, data: Buffer) -> Side:
         )
 
     while position < size:
+        if base.repeated and (held := _past_repeats(base, same, expected)) > expected:
+            # Every line twice (merge=union damage): the side need not hold the
+            # copies, and a block would span them: skipped, matched line by line.
+            expected, stride = held, 1
         if expected < count:
             last = min(expected + stride, count) - 1
             if matches(expected, last):
@@ -299,6 +304,7 @@ def _walk(base: Document, data: Buffer) -> Side:
                     low = middle + 1
                 else:
                     high = middle
+            stride = 1
             if low > expected:
                 same[expected:low] = _ONES[: low - expected]
                 # Past the line break after the last line kept: the side's own
@@ -307,7 +313,7 @@ def _walk(base: Document, data: Buffer) -> Side:
                 stop = find(b"\n", matched_end)
                 position = size if stop < 0 else stop + 1
                 expected = low
-            stride = 1
+                continue  # the differing line is read next, unless it is a copy (above)
         stop = find(b"\n", position)
         if stop < 0:
             stop = size
@@ -319,6 +325,22 @@ def _walk(base: Document, data: Buffer) -> Side:
             expected = _place_line(side, base, parsed[0], line, expected)
     _settle(side, base)
     return side
+
+
+def _past_repeats(base: Document, same: bytearray, i: int) -> int:
+    """The first ancestor line from ``i`` on that is not a copy of an earlier one the side holds.
+
+    What merge=union leaves (every line twice): without this, a side holding
+    each record once lines up with none of the ancestor's lines after the
+    first repeat, and every line of it is parsed.
+    """
+    keys, repeated, index = base.keys, base.repeated, base.index
+    while i < len(keys) and keys[i] in repeated:
+        first = index[keys[i]]
+        if not (first < i and same[first] == 1 and base.raw(first) == base.raw(i)):
+            break
+        i += 1
+    return i
 
 
 def _place_line(side: Side, base: Document, key: Key, line: bytes, expected: int) -> int:
@@ -371,7 +393,7 @@ def _bad_line(line: bytes, number: int) -> InputError:
     except UnicodeDecodeError as error:
         return InputError(f"not UTF-8 (byte {line[error.start]:#04x})", line=number)
     try:
-        orjson.loads(line)
+        loads(line)
     except orjson.JSONDecodeError as error:
         return InputError(f"not JSON ({error.msg})", line=number)
     raise AssertionError("a line that failed to parse parsed")  # pragma: no cover
@@ -380,7 +402,7 @@ def _bad_line(line: bytes, number: int) -> InputError:
 def _index_array(data: Buffer) -> Document:
     raw_data = bytes(data)
     try:
-        values = orjson.loads(raw_data)
+        values = loads(raw_data)
     except orjson.JSONDecodeError as error:
         raise _bad_document(raw_data, error) from None
     if type(values) is not list:
@@ -395,7 +417,7 @@ def _index_array(data: Buffer) -> Document:
         except InputError as error:
             line = _element_line(raw_data, position)
             raise InputError(f"record {position + 1}: {error.reason}", line=line) from None
-        raws.append(orjson.dumps(value))
+        raws.append(dumps(value))
         document.keys.append(key)
         document.kinds.append(_kind(key))
     _index_keys(document)

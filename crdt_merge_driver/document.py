@@ -12,9 +12,8 @@ import mmap
 from array import array
 from collections.abc import Iterable, Iterator
 
-import orjson
-
 from crdt_merge_driver.record import Key
+from crdt_merge_driver.value import dumps, loads
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it
@@ -83,6 +82,7 @@ class Document:
         "kinds",
         "raws",
         "repeated",
+        "spread",
         "starts",
         "style",
     )
@@ -93,6 +93,7 @@ class Document:
         self.kinds = bytearray()
         self.index: dict[Key, int] = {}
         self.repeated: set[Key] = set()
+        self.spread: dict[Key, list[int]] | None = None  # positions of repeated keys, once asked
         self.data: Buffer = b""
         self.starts = array("q")
         self.ends = array("q")
@@ -115,7 +116,16 @@ class Document:
             return []
         if key not in self.repeated:
             return [first]
-        return [i for i in range(first, len(self.keys)) if self.keys[i] == key]
+        if self.spread is None:
+            # One pass for every repeated identity: a file damaged by
+            # merge=union repeats them all, and a scan per identity is quadratic.
+            spread: dict[Key, list[int]] = {}
+            repeated = self.repeated
+            for i, each in enumerate(self.keys):
+                if each in repeated:
+                    spread.setdefault(each, []).append(i)
+            self.spread = spread
+        return self.spread[key]
 
     def block(self, start: int, stop: int, newline: bytes) -> memoryview | None:
         """Records ``start..stop-1`` as one slice of the file, if the file holds them so.
@@ -214,12 +224,12 @@ def _records(pieces: Iterable[Piece], base: Document) -> Iterator[bytes]:
 
 
 def _render_array(records: Iterable[bytes], style: Style, newline: bytes) -> bytes:
-    values = [orjson.loads(raw) for raw in records]
+    values = [loads(raw) for raw in records]
     indent = b"  " if style.indent is None else style.indent
     if not indent:
-        body = orjson.dumps(values)
+        body = dumps(values)
     else:
-        body = orjson.dumps(values, option=orjson.OPT_INDENT_2)
+        body = dumps(values, indent=True)
         if indent != b"  ":
             body = b"\n".join(_reindent(line, indent) for line in body.split(b"\n"))
     if style.final_newline:

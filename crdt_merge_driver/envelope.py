@@ -25,6 +25,7 @@ import orjson
 from crdt_merge_driver.document import Buffer
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, Record, identify, sort_key
+from crdt_merge_driver.value import dumps, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -216,18 +217,7 @@ def _register(o: Any, a: Any, b: Any) -> Any:
 
 
 def _bytes_or_none(value: Any) -> bytes | None:
-    return None if value is _GONE else _dumps(value, OPTION_SORTED)
-
-
-OPTION_SORTED = orjson.OPT_SORT_KEYS
-
-
-def _dumps(value: Any, option: int = 0) -> bytes:
-    try:
-        return orjson.dumps(value, option=option)
-    except orjson.JSONEncodeError as error:
-        reason = f"a value the merge cannot carry in a single-object file ({error})"
-        raise InputError(reason) from None
+    return None if value is _GONE else dumps(value, sort_keys=True)
 
 
 def _merge_section(
@@ -251,7 +241,7 @@ def _merge_section(
         # The version's own value where the merge kept it whole: its field order stays.
         value = next((entry[1] for entry in held if entry is not None and entry[0] == merged),
                      None)  # fmt: skip
-        result.append((key, orjson.loads(merged) if value is None else value))
+        result.append((key, loads(merged) if value is None else value))
     if keyed:
         return {_label_of(key): value for key, value in result}
     return [value for _, value in result]
@@ -282,14 +272,14 @@ def _index(
                 key = identify(value)
         except InputError as error:
             raise error.located(label) from None
-        entry = (_dumps(value), value)
+        entry = (dumps(value), value)
         held = found.get(key)
         if held is not None and held[0] != entry[0]:
             folded = record(key, None, held[0], entry[0])
             assert folded is not None  # both present: never a deletion
             entry = next((x for x in (held, entry) if x[0] == folded), (folded, None))
             if entry[1] is None:
-                entry = (folded, orjson.loads(folded))
+                entry = (folded, loads(folded))
         found[key] = entry
     return found
 

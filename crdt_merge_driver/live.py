@@ -21,13 +21,12 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
-
 from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
 from crdt_merge_driver.codec import diff
 from crdt_merge_driver.document import EMPTY, Buffer
 from crdt_merge_driver.merge import union
 from crdt_merge_driver.record import Key, Record, decode
+from crdt_merge_driver.value import dumps
 
 _ENTITY_FIELDS = ("type", "name", "entityType", "observations")
 _RELATION_FIELDS = ("type", "from", "to", "relationType")
@@ -74,7 +73,7 @@ def server_form(data: Buffer) -> bytes:
             entities.append(_only(value, _ENTITY_FIELDS))
         elif kind == "relation":
             relations.append(_only(value, _RELATION_FIELDS))
-    return b"\n".join(orjson.dumps(value) for value in (*entities, *relations))
+    return b"\n".join(dumps(value) for value in (*entities, *relations))
 
 
 def same_graph(first: Buffer, second: Buffer) -> bool:
@@ -127,7 +126,7 @@ def machine_version(
         else:
             kept.append(_carried(old, value, clock))
     kept.extend(value for value in before.values() if value.get("type") not in _SERVER_TYPES)
-    return b"\n".join(orjson.dumps(value) for value in _server_order(kept))
+    return b"\n".join(dumps(value) for value in _server_order(kept))
 
 
 _SERVER_TYPES = ("entity", "relation")

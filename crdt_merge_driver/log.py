@@ -68,7 +68,9 @@ class Log(io.TextIOBase):
             return cls([stderr or sys.stderr], level=level)
         file = Path(path).expanduser()
         file.absolute().parent.mkdir(parents=True, exist_ok=True)
-        stream = file.open("a", encoding="utf-8")  # closed by `close`
+        # Closed by `close`. A lone surrogate in a record's name (the server
+        # writes them) is written as its escape, as on stderr, not a crash.
+        stream = file.open("a", encoding="utf-8", errors="backslashreplace")
         return _FileLog([stream], level=level, errors=stderr or sys.stderr)
 
     def shows(self, line: str, *, summary: bool) -> bool:

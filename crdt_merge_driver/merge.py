@@ -46,6 +46,7 @@ from crdt_merge_driver.document import (
 from crdt_merge_driver.envelope import is_object_file
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, Record, decode, describe, encode, identify, sort_key
+from crdt_merge_driver.value import dumps
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it
@@ -81,7 +82,7 @@ class Decision:
 
 
 def _show(value: object) -> str:
-    return "(absent)" if value is None else orjson.dumps(value).decode()
+    return "(absent)" if value is None else dumps(value).decode()
 
 
 class Report:
@@ -301,8 +302,29 @@ class _Merger:
         both = int.from_bytes(ours.same, "little") & int.from_bytes(theirs.same, "little")
         self.untouched = bytearray(both.to_bytes(size, "little"))
         for key in self.repeated:
-            for i in base.positions(key):
+            positions = base.positions(key)
+            for i in positions:
                 self.untouched[i] = 0
+            if self._plain_repeat(key, positions):
+                # Copied as its first line, never parsed; the copies are dropped
+                # (see `_line`). What merge=union leaves: every line twice.
+                self.untouched[positions[0]] = 1
+                self.report.folded += len(positions) - 1
+
+    def _plain_repeat(self, key: Key, positions: list[int]) -> bool:
+        """An ancestor record repeated byte for byte, which each side holds as it was."""
+        if len(positions) < 2:
+            return False
+        base = self.base
+        first = base.raw(positions[0])
+        if any(base.raw(i) != first for i in positions[1:]):
+            return False
+        return all(
+            key not in side.changed
+            and key not in side.extra
+            and any(side.same[i] for i in positions)
+            for side in (self.ours, self.theirs)
+        )
 
     def walk(self, start: int, stop: int, pieces: list[Piece]) -> None:
         """Merge ancestor records ``start..stop-1`` into ``pieces``."""
@@ -537,7 +559,7 @@ _ABSENT = b""  # the canonical bytes of a field a record does not have
 def _field_bytes(record: Record, name: str) -> bytes:
     if name not in record:
         return _ABSENT
-    return orjson.dumps(record[name], option=orjson.OPT_SORT_KEYS)
+    return dumps(record[name], sort_keys=True)
 
 
 def _metadata_bytes(record: Record) -> bytes:
@@ -575,7 +597,7 @@ def _merge_sets(o: list[Any], a: list[Any], b: list[Any]) -> list[Any]:
     side's change, else the greater canonical bytes. Survivors keep the
     ancestor's order; additions follow, sorted.
     """
-    list_o, list_a, list_b = (orjson.dumps(x, option=orjson.OPT_SORT_KEYS) for x in (o, a, b))
+    list_o, list_a, list_b = (dumps(x, sort_keys=True) for x in (o, a, b))
     if list_a in (list_b, list_o):
         return b
     if list_b == list_o:
@@ -614,7 +636,7 @@ def _elements(elements: list[Any]) -> dict[tuple[int, Any], tuple[bytes, Any]]:
             key: tuple[int, Any] = (0, element)
             held = (element.encode("utf-8", "surrogatepass"), element)
         else:
-            canonical = orjson.dumps(element, option=orjson.OPT_SORT_KEYS)
+            canonical = dumps(element, sort_keys=True)
             key = _element_identity(element, canonical)
             held = (canonical, element)
         previous = found.get(key)

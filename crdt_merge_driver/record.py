@@ -21,9 +21,8 @@ first, then relations, as the server writes them, then the rest.
 
 from __future__ import annotations
 
-import orjson
-
 from crdt_merge_driver.errors import InputError
+from crdt_merge_driver.value import dumps, loads
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it
@@ -108,21 +107,21 @@ def encode(value: Record, *, like: Record | None = None) -> bytes:
     items += [(name, value[name]) for name in rest]
     return (
         b"{"
-        + b",".join(orjson.dumps(name) + b":" + _dumps_sorted(field) for name, field in items)
+        + b",".join(dumps(name) + b":" + _dumps_sorted(field) for name, field in items)
         + b"}"
     )
 
 
 def decode(raw: bytes) -> Record:
     """The record behind bytes that `identify` already accepted."""
-    value: Record = orjson.loads(raw)
+    value: Record = loads(raw)
     return value
 
 
 def describe(key: Key) -> str:
     """A short human name for a record, for log lines."""
     if type(key) is str:
-        return f"entity {orjson.dumps(key).decode()}"
+        return f"entity {dumps(key).decode()}"
     if type(key) is tuple:
         source, relation_type, target = key
         return f"relation {source!r} -{relation_type}-> {target!r}"
@@ -142,7 +141,7 @@ def sort_key(key: Key) -> tuple[int, Key]:
 
 
 def _dumps_sorted(value: object) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return dumps(value, sort_keys=True)
 
 
 def _json_type(value: object) -> str:
