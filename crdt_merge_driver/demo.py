@@ -9,7 +9,9 @@ three jobs and checks each claim before printing it:
    plain ``git pull`` and ``git pull --rebase``, with no conflict;
 2. ``sync``: the three machines push at the same moment and all land;
 3. ``backup``/``restore``: three live memory files, edited the way the
-   memory server edits them, backed up at the same moment, converge.
+   memory server edits them, backed up at the same moment, converge;
+4. ``watch``: a watcher process on the laptop and one on the desktop; what
+   one machine's agent writes is in the other's live file seconds later.
 
 The live files are written exactly as the memory server writes them
 (``Memory`` below applies the server's tool semantics to its file). The
@@ -21,9 +23,12 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,7 +150,8 @@ def run_demo(*, keep: Path | None = None, out: TextIO = sys.stdout) -> ExitCode:
         clones = _setup(root, out)
         _part_merge(clones, out)
         _part_sync(clones, out)
-        _part_backup(root, clones, out)
+        live = _part_backup(root, clones, out)
+        _part_watch(root, clones, live, out)
     print("\nno conflicts, nothing lost", file=out)
     return ExitCode.OK
 
@@ -293,7 +299,7 @@ def _part_sync(clones: dict[str, Path], out: TextIO) -> None:
     _check(all(f"note from {name}" in entities for name in MACHINES), "every machine's note landed")
 
 
-def _part_backup(root: Path, clones: dict[str, Path], out: TextIO) -> None:
+def _part_backup(root: Path, clones: dict[str, Path], out: TextIO) -> dict[str, Path]:
     from crdt_merge_driver.backup import backup, restore  # noqa: PLC0415
 
     print("\n3. backup and restore: live memory files, backed up at the same moment", file=out)
@@ -319,6 +325,91 @@ def _part_backup(root: Path, clones: dict[str, Path], out: TextIO) -> None:
     _check("Hopper" in entities and "Turing" not in entities, "Hopper added, Turing deleted")
     _check("a rear admiral" in _observations(graph, "Grace"), "Grace's new observation arrived")
     _show(out, "the converged memory, in every live file", graph)
+    return live
+
+
+# How long part 4 waits for a write to reach the other machine before it
+# says the demo failed: watch's own target is under 5 s with --interval 1.
+LIVE_TIMEOUT = 60.0
+
+
+def _part_watch(root: Path, clones: dict[str, Path], live: dict[str, Path], out: TextIO) -> None:
+    from crdt_merge_driver.backup import restore  # noqa: PLC0415
+
+    print("\n4. watch: two machines share one memory live", file=out)
+    pair = MACHINES[:2]
+    watchers = {name: _start_watcher(root, clones[name], live[name], name) for name in pair}
+    try:
+        print(f"  a watcher runs on the {pair[0]} and on the {pair[1]} "
+              "(`watch --interval 1`)", file=out)  # fmt: skip
+        Memory(live[pair[0]]).create_entity("Hamilton", "person", "wrote flight software")
+        took = _until(
+            lambda: _holds(live[pair[1]], "Hamilton", "wrote flight software"),
+            watchers,
+            f"Hamilton, created on the {pair[0]}, in the {pair[1]}'s live file",
+        )
+        print(f"  {pair[0]}: create Hamilton; the {pair[1]}'s memory has it {took:.1f} s later",
+              file=out)  # fmt: skip
+        Memory(live[pair[1]]).add_observations("Hamilton", "led the Apollo team")
+        took = _until(
+            lambda: _holds(live[pair[0]], "Hamilton", "led the Apollo team"),
+            watchers,
+            f"the {pair[1]}'s observation of Hamilton in the {pair[0]}'s live file",
+        )
+        print(f"  {pair[1]}: observe Hamilton; the {pair[0]}'s memory has it {took:.1f} s later",
+              file=out)  # fmt: skip
+    finally:
+        codes = _stop_watchers(watchers)
+    _check(all(code == 0 for code in codes.values()), f"the watchers exited 0 on SIGTERM: {codes}")
+    rest = MACHINES[len(pair) :]
+    for name in rest:  # a machine with no watcher: one restore brings it up to date
+        restore(memory=live[name], repo=clones[name], log=io.StringIO())
+    print(f"  {', '.join(rest)}, not watching: one `restore` brings it up to date", file=out)
+    graphs = [Memory(live[name]).graph() for name in MACHINES]
+    _check(all(graph == graphs[0] for graph in graphs), "the three live files converged")
+
+
+def _holds(memory: Path, name: str, observation: str) -> bool:
+    return observation in _observations(Memory(memory).graph(), name)
+
+
+def _start_watcher(root: Path, clone: Path, memory: Path, name: str) -> subprocess.Popen[bytes]:
+    """``watch`` as a user runs it: its own process, its log in the demo's folder."""
+    with (root / f"{name}-watch.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "crdt_merge_driver", "watch", "--repo", str(clone),
+             "--memory", str(memory), "--interval", "1", "--debounce", "0.2"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+
+
+def _until(
+    arrived: Callable[[], bool], watchers: dict[str, subprocess.Popen[bytes]], what: str
+) -> float:
+    """Seconds until ``arrived()``; `DemoFailed` if a watcher dies or LIVE_TIMEOUT passes."""
+    start = time.monotonic()
+    while not arrived():
+        for name, process in watchers.items():
+            if process.poll() is not None:
+                raise DemoFailed(f"the {name}'s watcher exited {process.returncode}")
+        if time.monotonic() - start > LIVE_TIMEOUT:
+            raise DemoFailed(f"demo check failed: {what} within {LIVE_TIMEOUT:g} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _stop_watchers(watchers: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None]:
+    for process in watchers.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    codes: dict[str, int | None] = {}
+    for name, process in watchers.items():
+        try:
+            codes[name] = process.wait(timeout=LIVE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            codes[name] = process.wait()
+    return codes
 
 
 def _at_once(job: Callable[[str], None], what: str) -> None:

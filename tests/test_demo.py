@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +23,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from crdt_merge_driver import demo
 from crdt_merge_driver.demo import MACHINES, MEMORY, DemoFailed, Memory, run_demo
 from crdt_merge_driver.errors import ExitCode
 from tests import gitrepo
@@ -30,6 +34,7 @@ PARTS = (
     "1. the merge driver: concurrent edits, plain git pull",
     "2. sync: all three push at the same moment",
     "3. backup and restore: live memory files, backed up at the same moment",
+    "4. watch: two machines share one memory live",
 )
 SERVER_KEYS = (
     ["type", "name", "entityType", "observations"],
@@ -82,7 +87,8 @@ def test_keep_leaves_three_converged_clones_and_the_remote(
 
     names = sorted(path.name for path in kept.iterdir())
     live = [f"{name}-live" for name in MACHINES]
-    assert names == sorted([*MACHINES, *live, "remote.git", "demo.gitconfig"])
+    watch_logs = [f"{name}-watch.log" for name in MACHINES[:2]]
+    assert names == sorted([*MACHINES, *live, *watch_logs, "remote.git", "demo.gitconfig"])
     remote_head = gitrepo.git(kept / "remote.git", "rev-parse", "main").strip()
     committed = {name: (kept / name / MEMORY).read_bytes() for name in MACHINES}
     assert len(set(committed.values())) == 1  # identical bytes in every clone
@@ -111,6 +117,13 @@ def test_keep_leaves_three_converged_clones_and_the_remote(
     assert entities["Ada"][1] == {"writes code", "first programmer"}
     assert relations == {("Grace", "admires", "Ada")}
     assert {f"note from {name}" for name in MACHINES} <= entities.keys()
+    # Part 4: written on one watched machine, carried to the other by the watchers.
+    assert entities["Hamilton"] == (
+        "person", frozenset({"wrote flight software", "led the Apollo team"})
+    )
+    for log in watch_logs:
+        said = (kept / log).read_text()
+        assert "watching" in said and "stopped" in said, said
 
 
 def written_by_the_server(data: bytes) -> bool:
@@ -267,3 +280,25 @@ def test_a_driver_that_keeps_one_side_fails_the_demo_with_the_claim_it_broke(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(DemoFailed, match=r"^demo check failed: Grace was added$"):
         run_demo(out=io.StringIO())
+
+
+# --- part 4 says so when the watchers do not deliver ------------------------------------
+
+
+def test_part_four_fails_in_one_line_when_a_watcher_dies(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(DemoFailed, match=r"^the laptop's watcher exited 3$"):
+        demo._until(lambda: False, {"laptop": dead}, "anything")
+
+
+def test_part_four_fails_when_a_write_does_not_arrive_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(demo, "LIVE_TIMEOUT", 0.3)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(DemoFailed, match=r"Hamilton in the desktop's live file within 0\.3 s"):
+            demo._until(lambda: False, {"laptop": alive}, "Hamilton in the desktop's live file")
+    finally:
+        assert demo._stop_watchers({"laptop": alive}) == {"laptop": -signal.SIGTERM}
