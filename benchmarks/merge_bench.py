@@ -1,7 +1,7 @@
 """Time the merge driver the way git runs it, against ``git merge-file``.
 
 Each measurement is a whole process, started exactly as git starts the
-driver that ``install`` registers (``python -I -m crdt_merge_driver merge
+driver that ``install`` registers (``python -E -P -m crdt_merge_driver merge
 --marker-size %L -- %O %A %B %P``), so interpreter start-up, imports,
 reading three files and the atomic write of ``%A`` are all in the number.
 ``git merge-file -p`` on the same three files is the yardstick: it is what
