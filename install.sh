@@ -144,7 +144,11 @@ run_tests() {
     step "pytest under coverage"
     "$bin/coverage" erase
     local status=0
-    "$bin/coverage" run -m pytest "$@" || status=$?
+    # Two workers (pytest-xdist; TEST_WORKERS=0 for one process, or more on a
+    # bigger machine): the suite spends most of its time waiting on git and
+    # node processes, so two halve it on CI's two cores. Each worker is a
+    # python that coverage measures like the drivers git starts.
+    "$bin/coverage" run -m pytest --numprocesses="${TEST_WORKERS:-2}" "$@" || status=$?
     if (( status == 5 )); then
         # pytest's "no tests collected" must never pass as green.
         die "pytest collected no tests (exit 5)"
