@@ -62,7 +62,7 @@ class BackupResult(NamedTuple):
     rounds: int
 
 
-class _Place(NamedTuple):
+class Place(NamedTuple):
     """Where a backup runs: the live file, the clone (prepared by sync), the file's path in it."""
 
     memory: Path
@@ -272,8 +272,8 @@ def restore(
 def _place(
     memory: Path | None, repo: Path | None, as_path: str | None, log: TextIO,
     *, need_live: bool = True,
-) -> Iterator[_Place]:  # fmt: skip
-    live = _live_path(memory)
+) -> Iterator[Place]:  # fmt: skip
+    live = live_path(memory)
     given = "check --memory" if memory else _which_variable()
     if need_live and not live.is_file():
         raise BackupError(f"memory file {live} does not exist ({given})")
@@ -284,11 +284,12 @@ def _place(
     top = install.find_toplevel(folder)
     # Under sync's own lock for the whole round: a sync from cron and a
     # backup never work in one clone at once, nor two backups.
-    with sync.prepared(top, remote=_remote(top), log=log) as clone:
-        yield _Place(live, clone, as_path or DEFAULT_AS)
+    with sync.prepared(top, remote=remote_of(top), log=log) as clone:
+        yield Place(live, clone, as_path or DEFAULT_AS)
 
 
-def _live_path(memory: Path | None) -> Path:
+def live_path(memory: Path | None) -> Path:
+    """The live memory file: ``--memory``, else $MEMORY_FILE_PATH, else the older $MEMORY_FILE."""
     found = memory or _env_path("MEMORY_FILE_PATH") or _env_path("MEMORY_FILE")
     if found is None:
         raise BackupError("which memory file? pass --memory FILE or set MEMORY_FILE_PATH")
@@ -296,7 +297,7 @@ def _live_path(memory: Path | None) -> Path:
 
 
 def _which_variable() -> str:
-    """What to check when the live file's path came from the environment (as _live_path read)."""
+    """What to check when the live file's path came from the environment (as live_path read)."""
     name = "MEMORY_FILE_PATH" if os.environ.get("MEMORY_FILE_PATH") else "MEMORY_FILE"
     return f"check {name}, or pass --memory"
 
@@ -306,7 +307,8 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
-def _remote(top: Path) -> str:
+def remote_of(top: Path) -> str:
+    """The remote a clone backs up to: ``origin``, else its only (or first) remote."""
     remotes = git.output("remote", cwd=top).split()
     if not remotes:
         raise BackupError(f"{top} has no remote to back up to: `git remote add origin URL` first")
@@ -318,11 +320,12 @@ def _remote(top: Path) -> str:
 
 def _checked(memory: Path, data: bytes) -> bytes:
     """``data``, once it is known to be a memory file (else a one-line error naming it)."""
-    _records_in(memory, data)
+    records_in(memory, data)
     return data
 
 
-def _records_in(memory: Path, data: bytes) -> dict[Key, Record]:
+def records_in(memory: Path, data: bytes) -> dict[Key, Record]:
+    """The records of ``data``, read from ``memory``; `BackupError` naming it if it is not one."""
     try:
         return records_of(data)
     except InputError as error:
@@ -337,7 +340,7 @@ def _read_or_none(memory: Path) -> bytes | None:
         return None
 
 
-def _fetch(place: _Place) -> bool:
+def _fetch(place: Place) -> bool:
     """Fetch the remote; whether it answered.
 
     Best effort: the stamps already pushed make this machine's clock move
@@ -350,12 +353,12 @@ def _fetch(place: _Place) -> bool:
     return result.returncode == 0
 
 
-def _nothing_new(place: _Place, base: str | None, then: str) -> str:
+def _nothing_new(place: Place, base: str | None, then: str) -> str:
     return f"nothing new in {place.memory} since {(base or '')[:12]}; {then}"
 
 
 def _base(
-    place: _Place, live: bytes, synced: str | None, own: str | None, log: TextIO
+    place: Place, live: bytes, synced: str | None, own: str | None, log: TextIO
 ) -> str | None:
     """What the live file was last made from: the last-sync point, as a rule.
 
@@ -387,7 +390,7 @@ def _server_view(value: Record | None) -> bytes | None:
 
 
 def _commit_machine_version(
-    place: _Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str
+    place: Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str
 ) -> str:
     """A commit holding this machine's version of the file, on top of ``base``."""
     tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
@@ -406,7 +409,7 @@ def _commit_machine_version(
     return _commit_file(place, head, version, machine=machine)
 
 
-def _commit_file(place: _Place, parent: str | None, data: bytes, *, machine: str) -> str:
+def _commit_file(place: Place, parent: str | None, data: bytes, *, machine: str) -> str:
     index = place.git_dir / f"crdt-merge-driver-backup.{os.getpid()}.index"
     scratch = {"GIT_INDEX_FILE": str(index)}
     try:
@@ -423,7 +426,7 @@ def _commit_file(place: _Place, parent: str | None, data: bytes, *, machine: str
     return place.git("commit-tree", tree, *parents, "-m", message).stdout.decode().strip()
 
 
-def _integrate(place: _Place, commit: str) -> None:
+def _integrate(place: Place, commit: str) -> None:
     """Merge the machine's commit into the branch (the driver merges the file)."""
     result = place.git("merge", "--quiet", "--no-edit", commit, check=False)
     if result.returncode != 0:
@@ -434,7 +437,7 @@ def _integrate(place: _Place, commit: str) -> None:
         )
 
 
-def _head(place: _Place) -> str:
+def _head(place: Place) -> str:
     head = _head_or_none(place)
     tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
     if head is None and tracking is not None:
@@ -447,11 +450,11 @@ def _head(place: _Place) -> str:
     return head
 
 
-def _head_or_none(place: _Place) -> str | None:
+def _head_or_none(place: Place) -> str | None:
     return place.rev("HEAD")
 
 
-def _restorable(place: _Place, current: bytes, tip: str) -> bool:
+def _restorable(place: Place, current: bytes, tip: str) -> bool:
     """Restoring loses nothing: the live file is empty, what was last synced, or the tip."""
     if not records_of(current):
         return True
@@ -461,7 +464,7 @@ def _restorable(place: _Place, current: bytes, tip: str) -> bool:
 
 
 def _write_live(
-    place: _Place, tip: str, *, expect: bytes | None, holds: str | None = None
+    place: Place, tip: str, *, expect: bytes | None, holds: str | None = None
 ) -> bytes | None:
     """Write the tip's memory into the live file: the bytes written, or None if it holds it.
 
@@ -482,7 +485,7 @@ def _write_live(
     return data
 
 
-def _move(place: _Place, commit: str, *, own: bool = False, known: str | None = None) -> None:
+def _move(place: Place, commit: str, *, own: bool = False, known: str | None = None) -> None:
     """Move the last-sync point (and, for this machine's own version, its ref too).
 
     A ref already there is not written again (``known``: where the last-sync

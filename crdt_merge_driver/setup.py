@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from crdt_merge_driver import PROGRAM, git, install, schedule, sync
-from crdt_merge_driver.backup import DEFAULT_AS, _live_path, backup, restore
+from crdt_merge_driver.backup import DEFAULT_AS, backup, live_path, restore
 from crdt_merge_driver.errors import CrdtError
 from crdt_merge_driver.log import say
 from crdt_merge_driver.status import MEMORY_KEY, clones_folder, status
@@ -36,7 +36,7 @@ def setup(
     Each step's line is a summary line: what setup did is what its user asked to
     see (``-q`` hides them; the steps' own details need ``-v``).
     """
-    live = _live_path(memory)
+    live = live_path(memory)
     if every < 1:
         raise SetupError(f"--every {every}: must be at least 1 minute")
     chosen = schedule.choose(kind) if kind != "none" else "none"

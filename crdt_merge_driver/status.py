@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from crdt_merge_driver import PROGRAM, git, install, schedule
-from crdt_merge_driver.backup import DEFAULT_AS, _live_path, _Place, _records_in, _remote
+from crdt_merge_driver.backup import DEFAULT_AS, Place, live_path, records_in, remote_of
 from crdt_merge_driver.clone import Clone, current_branch, find_url
 from crdt_merge_driver.errors import CrdtError, ExitCode, GitError
 from crdt_merge_driver.live import same_graph
@@ -94,7 +94,7 @@ def status(
     except FileNotFoundError:
         live = None
     if live is not None:
-        _records_in(place.memory, live)  # a live file that is not a memory file: one line
+        records_in(place.memory, live)  # a live file that is not a memory file: one line
     found = schedule.find(schedule.tag(top))
     ran = schedule.log_path(top)
     queue.resume()
@@ -145,28 +145,28 @@ def clones_folder() -> Path:
     return Path(data) / PROGRAM
 
 
-def _place(top: Path, memory: Path | None) -> _Place:
+def _place(top: Path, memory: Path | None) -> Place:
     configured = git.read_config(MEMORY_KEY, cwd=top)
     chosen = memory or (None if _env_memory() or not configured else Path(configured))
-    live = _live_path(chosen)
+    live = live_path(chosen)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
-    remote = _remote(top)
+    remote = remote_of(top)
     clone = Clone(top, git_dir, git.find_common_dir(top), {}, remote, find_url(top, remote), "")
-    return _Place(live, clone._replace(branch=current_branch(clone)), DEFAULT_AS)
+    return Place(live, clone._replace(branch=current_branch(clone)), DEFAULT_AS)
 
 
 def _env_memory() -> bool:
     return bool(os.environ.get("MEMORY_FILE_PATH") or os.environ.get("MEMORY_FILE"))
 
 
-def _last_move(place: _Place, ref: str) -> str | None:
+def _last_move(place: Place, ref: str) -> str | None:
     """When ``ref`` last moved, from its reflog (setup turns reflogs on for these refs)."""
     result = place.git("log", "-g", "-1", "--date=unix", "--format=%gd", ref, "--", check=False)
     stamp = result.stdout.decode().strip().rpartition("@{")[2].rstrip("}")
     return _iso(int(stamp)) if result.returncode == 0 and stamp.isdigit() else None
 
 
-def _commit_time(place: _Place, commit: str | None) -> str | None:
+def _commit_time(place: Place, commit: str | None) -> str | None:
     # Without a reflog: this machine's own version is committed when it backs up.
     if commit is None:
         return None
