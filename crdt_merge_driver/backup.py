@@ -31,8 +31,11 @@ from crdt_merge_driver import PROGRAM, git, install, sync
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
 from crdt_merge_driver.clock import HybridClock
 from crdt_merge_driver.clone import Clone, read_objects, say
+from crdt_merge_driver.envelope import is_object_file
 from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
 from crdt_merge_driver.live import (
+    SERVER_TYPES,
+    first_foreign_line,
     machine_version,
     observe,
     records_of,
@@ -40,7 +43,7 @@ from crdt_merge_driver.live import (
     server_form,
 )
 from crdt_merge_driver.merge import merge_bytes
-from crdt_merge_driver.record import Key, Record
+from crdt_merge_driver.record import Key, Record, describe
 from crdt_merge_driver.value import dumps
 
 DEFAULT_AS = "memory.jsonl"
@@ -325,12 +328,41 @@ def _checked(memory: Path, data: bytes) -> bytes:
 
 
 def records_in(memory: Path, data: bytes) -> dict[Key, Record]:
-    """The records of ``data``, read from ``memory``; `BackupError` naming it if it is not one."""
+    """The records of the live file ``memory``; `BackupError` naming it if it is not one.
+
+    A live file is what the official memory server reads and writes: its
+    entity and relation records, nothing else. A file another writer keeps
+    (a header line, records tagged ``_type`` or untagged, one JSON object)
+    is refused, not read: backup would not see its changes, and restore
+    would write what that writer cannot load (docs/formats.md).
+    """
+    if _is_object_file(data):  # at a glance for the server's files: `{"type":` first
+        raise BackupError(_FOREIGN.format(f"{memory}, line 1", "one JSON object"))
     try:
-        return records_of(data)
+        records = records_of(data)
     except InputError as error:
         # The located error names the file (and line) already: once is enough.
         raise BackupError(f"not a memory file: {error.located(str(memory))}") from None
+    for key, value in records.items():
+        if value.get("type") not in SERVER_TYPES:
+            where = f"{memory}, line {first_foreign_line(data)}"
+            what = (f"a record of type {dumps(value['type']).decode()}" if "type" in value
+                    else f'{describe(key)} has no "type" field')  # fmt: skip
+            raise BackupError(_FOREIGN.format(where, what))
+    return records
+
+
+_FOREIGN = (
+    "{}: {}: not the official memory server's format; backup and restore keep that "
+    "format only (for another writer's file, commit it with git: the driver merges it)"
+)
+
+
+def _is_object_file(data: bytes) -> bool:
+    try:
+        return is_object_file(data)
+    except InputError:
+        return True  # one JSON object, in a layout no writer is known for
 
 
 def _read_or_none(memory: Path) -> bytes | None:

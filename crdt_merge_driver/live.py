@@ -26,7 +26,7 @@ from crdt_merge_driver.codec import diff
 from crdt_merge_driver.document import EMPTY, Buffer
 from crdt_merge_driver.merge import union
 from crdt_merge_driver.record import Key, Record, decode
-from crdt_merge_driver.value import dumps
+from crdt_merge_driver.value import dumps, loads
 
 _ENTITY_FIELDS = ("type", "name", "entityType", "observations")
 _RELATION_FIELDS = ("type", "from", "to", "relationType")
@@ -97,7 +97,7 @@ def _graph_of_bytes(data: bytes) -> dict[Key, Record]:
 
 def _server_graph(records: dict[Key, Record]) -> dict[Key, Record]:
     return {key: _server_fields(value) for key, value in records.items()
-            if value.get("type") in _SERVER_TYPES}  # fmt: skip
+            if value.get("type") in SERVER_TYPES}  # fmt: skip
 
 
 def _only(value: Record, fields: tuple[str, ...]) -> Record:
@@ -125,11 +125,27 @@ def machine_version(
             kept.append(_adopted(old, value))
         else:
             kept.append(_carried(old, value, clock))
-    kept.extend(value for value in before.values() if value.get("type") not in _SERVER_TYPES)
+    kept.extend(value for value in before.values() if value.get("type") not in SERVER_TYPES)
     return b"\n".join(dumps(value) for value in _server_order(kept))
 
 
-_SERVER_TYPES = ("entity", "relation")
+SERVER_TYPES = ("entity", "relation")  # the records the official server reads and writes
+
+
+def first_foreign_line(data: bytes) -> int:
+    """The number of the first line holding a record the server does not write.
+
+    For an error message, off the usual path: each line is parsed again. A
+    file whose records are not one a line (a JSON array) gives line 1.
+    """
+    for number, line in enumerate(data.split(b"\n"), 1):
+        try:
+            value = loads(line)
+        except ValueError:  # orjson.JSONDecodeError is one: not a line of its own
+            continue
+        if type(value) is dict and value.get("type") not in SERVER_TYPES:
+            return number
+    return 1
 
 
 def _carried(old: Record, live: Record, clock: HybridClock) -> Record:
@@ -150,7 +166,7 @@ def _adopted(old: Record, live: Record) -> Record:
 
 def _server_fields(value: Record) -> Record:
     fields = _ENTITY_FIELDS if value.get("type") == "entity" else _RELATION_FIELDS
-    if value.get("type") not in _SERVER_TYPES:
+    if value.get("type") not in SERVER_TYPES:
         return value
     return _only(value, fields)
 

@@ -548,6 +548,39 @@ def test_a_live_file_that_is_not_a_memory_file_is_refused_untouched(
     assert gitrepo.git(remote, "rev-parse", "main") == pushed
 
 
+CASES = Path(__file__).parent / "cases"
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("knowledge-graph-aim-header", 'line 1: a record of type "_aim"'),  # its header
+        ("think-tank-restamped-saves", 'line 1: entity "Ada" has no "type" field'),  # "_type"
+        ("memory-graph-untagged", 'line 1: entity "Ada" has no "type" field'),
+        ("single-object-lists", "line 1: one JSON object"),
+        ("single-object-keyed", "line 1: one JSON object"),  # on one line, as iflow writes it
+    ],
+)
+def test_another_writers_live_file_is_refused_untouched_by_backup_and_restore(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory,
+    case: str, says: str,
+) -> None:  # fmt: skip
+    # Read as the server's file, such a file was backed up once and then never
+    # again ("nothing new"), and restore wrote what its writer cannot load.
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.live.write_bytes(gitrepo.jsonl(gitrepo.entity("Ada")))
+    laptop.backup()
+    pushed = gitrepo.git(remote, "rev-parse", "main")
+    theirs = (CASES / case / "base").read_bytes()
+    laptop.live.write_bytes(theirs)
+    for command in ("backup", "restore"):
+        error = one_line_error(laptop.run(command), ExitCode.USAGE, says, alone=False)
+        assert error.startswith(f"crdt-merge-driver: {laptop.live}, {says}: "), error
+        assert "not the official memory server's format" in error, error
+        assert laptop.live.read_bytes() == theirs
+        assert gitrepo.git(remote, "rev-parse", "main") == pushed
+
+
 def test_restore_over_a_live_file_that_is_not_a_memory_file_names_it(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
