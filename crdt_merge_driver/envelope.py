@@ -25,7 +25,7 @@ import orjson
 from crdt_merge_driver.document import Buffer
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, Record, identify, sort_key
-from crdt_merge_driver.value import dumps, loads
+from crdt_merge_driver.value import dumps, escape_lone_surrogates, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ class Layout(tuple[str | None, str, str, bool, str, bool]):
             text += "\n"
         if newline != "\n":
             text = text.replace("\n", newline)
-        return text.encode("utf-8", "surrogatepass")
+        # A lone surrogate cannot be UTF-8: written as JSON.stringify escapes it.
+        return escape_lone_surrogates(text).encode("utf-8")
 
 
 def is_object_file(data: Buffer) -> bool:
@@ -93,11 +94,10 @@ def is_object_file(data: Buffer) -> bool:
 
 
 def _load(data: bytes) -> Any:
-    import json  # noqa: PLC0415  # only for object files, off the driver's usual path
-
+    # As JSON.parse reads it (value.loads): NaN, Infinity and 1e400 are not JSON.
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return loads(data)
+    except ValueError:  # orjson.JSONDecodeError is one
         return None
 
 

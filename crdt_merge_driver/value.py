@@ -73,7 +73,12 @@ def dumps(value: object, *, sort_keys: bool = False, indent: bool = False) -> by
             )
         except RecursionError:
             raise InputError(f"a value nested deeper than {MAX_DEPTH} levels") from None
-    return _SURROGATE.sub(_escape, text).encode("utf-8")
+    return escape_lone_surrogates(text).encode("utf-8")
+
+
+def escape_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate as the escape ``JSON.stringify`` writes (``\\ud83d``)."""
+    return _SURROGATE.sub(_escape, text)
 
 
 def _loads_exactly(data: bytes, error: orjson.JSONDecodeError | None, value: Any = None) -> Any:

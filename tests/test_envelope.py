@@ -141,3 +141,18 @@ def test_join_refuses_an_object_file_naming_it() -> None:
     jsonl = json.dumps(ADA).encode()
     with pytest.raises(InputError, match=r"^input 2, line 1: one JSON object holding the memory"):
         join_bytes([jsonl, as_object(jsonl)])
+
+
+def test_a_lone_surrogate_beside_raw_text_is_written_back_as_its_escape() -> None:
+    o = '{"entities":[{"name":"Zoë \\ud83d","observations":[]}]}'.encode()
+    merged, _ = merge_bytes(o, o.replace(b"[]", b'["x"]'), o.replace(b"[]", b'["y"]'))
+    assert merged == '{"entities":[{"name":"Zoë \\ud83d","observations":["x","y"]}]}'.encode()
+    merged.decode("utf-8")  # strict UTF-8: no surrogate bytes
+    assert merge_bytes(o, merged, o)[0] == merged  # and it merges again
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"1e400"])
+def test_what_json_parse_refuses_is_refused_in_an_object_file(number: bytes) -> None:
+    o = b'{\n  "entities": [{"name": "A", "observations": [], "v": ' + number + b"}]\n}"
+    with pytest.raises(InputError, match=r"^ancestor, line 1: not JSON"):
+        merge_bytes(o, o.replace(b"[]", b'["x"]'), o.replace(b"[]", b'["y"]'))
