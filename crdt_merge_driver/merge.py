@@ -63,13 +63,13 @@ _UNSTAMPED = Stamp(0, 0, "")
 class Decision:
     """A concurrent edit of one record's register, and which version was kept."""
 
-    __slots__ = ("by_stamp", "dropped", "kept", "key")
+    __slots__ = ("dropped", "kept", "key", "rule")
 
-    def __init__(self, key: Key, kept: Record, dropped: Record, *, by_stamp: bool) -> None:
+    def __init__(self, key: Key, kept: Record, dropped: Record, *, rule: str) -> None:
         self.key = key
         self.kept = kept
         self.dropped = dropped
-        self.by_stamp = by_stamp
+        self.rule = rule  # what decided, in words
 
     def explain(self) -> str:
         changes = []
@@ -77,8 +77,8 @@ class Decision:
             kept, dropped = self.kept.get(name), self.dropped.get(name)
             if name not in _METADATA and kept != dropped:
                 changes.append(f"{name} {_show(kept)} over {_show(dropped)}")
-        rule = "the later stamp" if self.by_stamp else "no stamps to compare: by content"
-        return f"{describe(self.key)}: edited on both sides, kept {'; '.join(changes)} ({rule})"
+        kept = "; ".join(changes)
+        return f"{describe(self.key)}: edited on both sides, kept {kept} ({self.rule})"
 
 
 def _show(value: object) -> str:
@@ -506,9 +506,17 @@ class _Merger:
             if name in stamped:
                 merged[name] = stamped[name]
         if won:
-            by_stamp = stamp_a is not None and stamp_b is not None and stamp_a != stamp_b
-            self.report.decisions.append(Decision(key, won, lost, by_stamp=by_stamp))
+            self.report.decisions.append(Decision(key, won, lost, rule=_rule(stamp_a, stamp_b)))
         return merged
+
+
+def _rule(stamp_a: Stamp | None, stamp_b: Stamp | None) -> str:
+    """What decides between two versions, by the stamps they carry."""
+    if stamp_a is not None and stamp_b is not None:
+        return "the later stamp" if stamp_a != stamp_b else "the same stamp: by content"
+    if stamp_a is not None or stamp_b is not None:
+        return "the only stamp"
+    return "no stamps to compare: by content"
 
 
 def _stamp_side(

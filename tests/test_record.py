@@ -256,6 +256,29 @@ def test_a_concurrent_edit_of_an_other_record_is_logged_by_its_name() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("stamp_ours", "stamp_theirs", "rule"),
+    [
+        (None, "2026-01-01T00:00:00Z", "the only stamp"),  # by content "zzz" would have won
+        ("2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z", "the later stamp"),
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "the same stamp: by content"),
+    ],
+)
+def test_the_logged_reason_is_what_decided(
+    stamp_ours: str | None, stamp_theirs: str, rule: str
+) -> None:
+    def ada(entity_type: str, time: str | None) -> bytes:
+        stamp = {} if time is None else {"_crdt": {"time": time, "counter": 0, "host": "h"}}
+        return orjson.dumps({"type": "entity", "name": "Ada", "entityType": entity_type,
+                             "observations": [], **stamp})  # fmt: skip
+
+    base = ada("person", None)
+    for ours, theirs in ((ada("zzz", stamp_ours), ada("bbb", stamp_theirs)),
+                         (ada("bbb", stamp_theirs), ada("zzz", stamp_ours))):  # fmt: skip
+        (decision,) = merge_bytes(base, ours, theirs)[1].decisions
+        assert decision.explain().endswith(f"({rule})"), decision.explain()
+
+
 # --- canonical bytes ------------------------------------------------------------------------
 
 
