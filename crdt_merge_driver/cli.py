@@ -365,7 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--format",
         choices=("jsonl", "array"),
-        help="output format (default: OUT's extension, else the inputs' format, else jsonl)",
+        help="output format (default: the inputs' format; mixed inputs: OUT's extension, "
+        "else jsonl)",
     )
 
     for name, handler, summary in (

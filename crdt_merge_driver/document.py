@@ -269,6 +269,24 @@ def agreed_style(styles: Iterable[Style]) -> Style:
     return Style(_shared([style.format for style in styles]))
 
 
+def joined_style(styles: Iterable[Style]) -> Style:
+    """The layout of a join: what every input that shows it agrees on, else the server's.
+
+    Format, line ending, final newline and array indent are each taken
+    where all the inputs that show one agree (an empty file shows none), so
+    a join of files that all end in a newline ends in one. Each is a
+    property of the whole set of inputs, so the layout does not depend on
+    the order, or the grouping, of the joins.
+    """
+    styles = list(styles)
+    return Style(
+        _shared([style.format for style in styles]),
+        _shared([style.newline for style in styles]),
+        _shared([style.final_newline for style in styles]),
+        _shared([style.indent for style in styles]),
+    )
+
+
 def _shared(values: list[_T | None]) -> _T | None:
     seen = {value for value in values if value is not None}
     return seen.pop() if len(seen) == 1 else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.codec import diff
-from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Side, Style, agreed_style
+from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Side, Style, joined_style
 from crdt_merge_driver.errors import CrdtError, InputError
 from crdt_merge_driver.merge import Merged, join
 
@@ -16,8 +16,11 @@ from crdt_merge_driver.merge import Merged, join
 def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str | None) -> Merged:
     """Join ``inputs``; write to ``output`` (atomically) or to stdout."""
     sides = [_read(path) for path in inputs]
-    shared = agreed_style(side.style for side in sides).format
-    merged = join(sides, style=Style(format_name or _format_of(output) or shared or JSONL))
+    # The inputs' own format first (JSONL in, JSONL out, whatever -o is
+    # called), with their layout; -o's extension only where they differ.
+    shared = joined_style(side.style for side in sides)
+    chosen = format_name or shared.format or _format_of(output) or JSONL
+    merged = join(sides, style=shared if chosen == shared.format else Style(chosen))
     if output is None:
         sys.stdout.buffer.writelines(merged.chunks())
         sys.stdout.buffer.flush()

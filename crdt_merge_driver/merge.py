@@ -39,8 +39,8 @@ from crdt_merge_driver.document import (
     Piece,
     Side,
     Style,
-    agreed_style,
     choose_style,
+    joined_style,
     render,
 )
 from crdt_merge_driver.envelope import is_object_file
@@ -227,7 +227,7 @@ def join(sides: Sequence[Side], *, style: Style | None = None) -> Merged:
     for kind in (0, 1, 2):
         pieces.extend(_sorted_of_kind(joined, kind))
     merger.report.kept = merger.report.added = len(pieces)
-    chosen = style if style is not None else agreed_style(side.style for side in sides)
+    chosen = style if style is not None else joined_style(side.style for side in sides)
     return Merged(pieces, EMPTY, chosen, merger.report)
 
 

@@ -179,14 +179,15 @@ def test_a_new_out_is_created_with_the_default_mode(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
     [
-        pytest.param("out.json", (), "array", id="json-extension"),
+        # JSONL in, JSONL out, whatever the output is called (a .json name included).
+        pytest.param("out.json", (), "jsonl", id="json-extension-inputs-format"),
         pytest.param("out.jsonl", (), "jsonl", id="jsonl-extension"),
         pytest.param("out.json", ("--format", "jsonl"), "jsonl", id="format-over-extension"),
         pytest.param("out.jsonl", ("--format", "array"), "array", id="array-over-extension"),
         pytest.param("memory.bak", (), "jsonl", id="other-extension-inputs-format"),
     ],
 )
-def test_the_output_format_follows_format_then_the_extension(
+def test_the_output_format_follows_format_then_the_inputs(
     tmp_path: Path, name: str, options: tuple[str, ...], expected: str
 ) -> None:
     laptop, desktop = files(tmp_path, laptop_jsonl=LAPTOP, desktop_jsonl=DESKTOP)
@@ -210,6 +211,29 @@ def test_arrays_in_give_an_array_out_and_jsonl_on_request(tmp_path: Path) -> Non
     _, out, _ = join(laptop, desktop, "--format", "jsonl", cwd=tmp_path)
     assert format_of(out) == "jsonl"
     assert gitrepo.graph(out) == JOINED_GRAPH
+
+
+def test_inputs_that_end_in_a_newline_give_a_join_that_does(tmp_path: Path) -> None:
+    laptop, desktop = files(tmp_path, laptop_jsonl=LAPTOP + b"\n", desktop_jsonl=DESKTOP + b"\n")
+    _, out, _ = join(laptop, desktop, cwd=tmp_path)
+    assert out.endswith(b"}\n") and not out.endswith(b"\n\n")
+    _, out, _ = join(laptop, desktop, "-o", tmp_path / "out.jsonl", cwd=tmp_path)
+    assert (tmp_path / "out.jsonl").read_bytes().endswith(b"}\n")
+    crlf = files(tmp_path, crlf_jsonl=LAPTOP.replace(b"\n", b"\r\n") + b"\r\n")[0]
+    _, out, _ = join(crlf, crlf, cwd=tmp_path)
+    assert out == LAPTOP.replace(b"\n", b"\r\n") + b"\r\n"  # its line ending too
+    _, out, _ = join(laptop, files(tmp_path, bare_jsonl=DESKTOP)[0], cwd=tmp_path)
+    assert not out.endswith(b"\n")  # the inputs disagree: the server's layout, no final newline
+
+
+def test_mixed_inputs_take_the_extension_else_jsonl(tmp_path: Path) -> None:
+    laptop, desktop = files(
+        tmp_path, laptop_json=array(*LAPTOP.split(b"\n")), desktop_jsonl=DESKTOP
+    )
+    code, _, _ = join(laptop, desktop, "-o", tmp_path / "out.json", cwd=tmp_path)
+    assert code == ExitCode.OK
+    assert format_of((tmp_path / "out.json").read_bytes()) == "array"
+    assert graph_of((tmp_path / "out.json").read_bytes()) == JOINED_GRAPH
 
 
 def test_an_array_and_a_jsonl_file_give_jsonl(tmp_path: Path) -> None:
