@@ -182,6 +182,7 @@ def backup(
                 fresh = False
             else:
                 _checked(place.memory, live)
+                _check_tracked(place)
                 base = _base(place, live, synced, own, log)
                 fresh = base is None or not same_graph(place.blob(base) or b"", live)
             holds = base  # a commit whose memory the live file holds, if one is known
@@ -244,6 +245,7 @@ def restore(
     with _place(memory, repo, as_path, log, need_live=False) as place:
         place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
         tip = _head(place)
+        _check_tracked(place)
         if place.blob(tip) is None:
             raise BackupError(f"nothing to restore: {place.as_path} is not in {place.top} yet")
         current = _read_or_none(place.memory)
@@ -288,7 +290,41 @@ def _place(
     # Under sync's own lock for the whole round: a sync from cron and a
     # backup never work in one clone at once, nor two backups.
     with sync.prepared(top, remote=remote_of(top), log=log) as clone:
-        yield Place(live, clone, as_path or DEFAULT_AS)
+        place = Place(live, clone, as_path or DEFAULT_AS)
+        try:
+            yield place
+        except InputError as error:
+            # The live file is checked on its own (records_in): this is the
+            # repository's file, which a link or a submodule is not.
+            _check_tracked(place)
+            raise error.located(f"{place.as_path} in {place.top}") from None
+
+
+_LINK, _SUBMODULE = "120000", "160000"
+
+
+def _check_tracked(place: Place) -> None:
+    """`BackupError` if the repository holds the memory path as a link or a submodule.
+
+    Read as a file, a link is its target's name ("not JSON") and a submodule
+    is no file at all, which a backup would replace. Checked where a backup
+    or restore has work to do, not on an idle run.
+    """
+    for rev in ("HEAD", place.tracking):
+        listed = place.git("ls-tree", "-z", rev, "--", place.as_path, check=False).stdout
+        mode = listed.split(b" ", 1)[0].decode()
+        if mode not in (_LINK, _SUBMODULE):
+            continue
+        where = f"{place.as_path} in {place.top} ({rev})"
+        if mode == _LINK:
+            raise BackupError(
+                f"{where} is a symbolic link: the repository must hold the memory file itself; "
+                f'repair: in {place.top}, `cp --remove-destination "$(readlink {place.as_path})" '
+                f"{place.as_path}` and commit it (or back up to another path with --as PATH)"
+            )
+        raise BackupError(
+            f"{where} is a submodule, not a file: back up to another path with --as PATH"
+        )
 
 
 def live_path(memory: Path | None) -> Path:

@@ -772,3 +772,31 @@ def test_a_restore_the_server_overwrote_with_its_older_view_deletes_nothing(
     assert "From desktop" in entities  # not deleted: the laptop never saw it
     assert "Own edit" in entities
     assert {"From desktop", "Own edit"} <= laptop.graph()[0].keys()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "submodule"])
+def test_a_memory_path_that_is_a_link_or_a_submodule_in_the_repository_is_named(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, kind: str
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.live.write_bytes(gitrepo.jsonl(gitrepo.entity("Ada")))
+    clone = laptop.clone
+    if kind == "symlink":  # a dotfiles manager committed the link, not the file
+        gitrepo.write(clone, "real.jsonl", gitrepo.jsonl(gitrepo.entity("Ada")))
+        (clone / MEMORY).symlink_to("real.jsonl")
+        gitrepo.git(clone, "add", "real.jsonl", MEMORY)
+    else:
+        gitrepo.git(clone, "commit", "--quiet", "--allow-empty", "-m", "a commit to point at")
+        head = gitrepo.head(clone)
+        gitrepo.git(clone, "update-index", "--add", "--cacheinfo", f"160000,{head},{MEMORY}")
+    gitrepo.git(clone, "commit", "--quiet", "-m", f"memory.jsonl as a {kind}")
+    gitrepo.git(clone, "push", "--quiet", "origin", "HEAD")
+    pushed = gitrepo.git(remote, "rev-parse", "main")
+    live = laptop.live.read_bytes()
+    for command in ("backup", "restore"):
+        said = "a symbolic link" if kind == "symlink" else "a submodule, not a file"
+        error = one_line_error(laptop.run(command), ExitCode.USAGE, said, alone=False)
+        assert f"{MEMORY} in {clone} (HEAD) is {said}" in error, error
+        assert "--as PATH" in error
+        assert laptop.live.read_bytes() == live
+        assert gitrepo.git(remote, "rev-parse", "main") == pushed
