@@ -120,6 +120,21 @@ def find_toplevel(cwd: Path) -> Path | None:
     return Path(result.stdout.decode("utf-8", "surrogateescape").rstrip("\n"))
 
 
+def locate(cwd: Path) -> tuple[Path, Path, Path] | None:
+    """The work tree's top, its git folder and the common git folder, in one git process.
+
+    None outside a work tree (or in a bare repository), as `find_toplevel`.
+    """
+    args = ("rev-parse", "--show-toplevel", "--absolute-git-dir",
+            "--path-format=absolute", "--git-common-dir")  # fmt: skip
+    result = run(*args, cwd=cwd, check=False)
+    if result.returncode != 0 and _OUTSIDE_WORK_TREE.search(result.stderr):
+        return None
+    _check(args, result)
+    top, git_dir, common = result.stdout.decode("utf-8", "surrogateescape").splitlines()
+    return Path(top), Path(git_dir), Path(common)
+
+
 def find_common_dir(cwd: Path) -> Path:
     """The repository's common git folder, shared by all its worktrees (holds ``config``)."""
     return Path(output("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=cwd))

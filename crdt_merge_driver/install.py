@@ -159,14 +159,22 @@ def choose_patterns(patterns: Sequence[str] | None) -> list[str]:
 
 
 def find_toplevel(repo: Path) -> Path:
+    return find_folders(repo)[0]
+
+
+def find_folders(repo: Path) -> tuple[Path, Path, Path]:
+    """The top of ``repo``'s work tree, its git folder and its common git folder.
+
+    `InstallError` if ``repo`` is not a folder inside a work tree.
+    """
     check_folder(repo)
-    top = git.find_toplevel(repo)
-    if top is None:
+    found = git.locate(repo)
+    if found is None:
         raise InstallError(
             f"{repo.resolve()} is not inside a git work tree "
             "(run `git init` there, or pass --repo with a repository's folder)"
         )
-    return top
+    return found
 
 
 def check_folder(repo: Path) -> None:

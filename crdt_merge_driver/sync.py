@@ -148,11 +148,9 @@ def prepared(
     round in it, so a sync from cron and a backup never work in one clone at
     once. ``aside``: an untracked ``.gitattributes`` waits out of git's way (`early`).
     """
-    top = install.find_toplevel(repo)
-    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    top, git_dir, common = install.find_folders(repo)
     with lock(git_dir, log), early.set_aside(top, git_dir, log, active=aside), \
             driver_environment(top, git_dir) as env:  # fmt: skip
-        common = git.find_common_dir(top)
         clone = Clone(top, git_dir, common, env, remote, find_url(top, remote), "")
         recover(clone, log)
         checkout.recover(clone, log)
@@ -192,10 +190,9 @@ def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
     `sync` does this itself; this is for callers (backup) that look at HEAD
     before they call `sync`, and would otherwise find it detached mid-rebase.
     """
-    top = install.find_toplevel(repo)
-    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    top, git_dir, common = install.find_folders(repo)
     with lock(git_dir, log):
-        clone = Clone(top, git_dir, git.find_common_dir(top), {}, "", "", "")
+        clone = Clone(top, git_dir, common, {}, "", "", "")
         recover(clone, log)
         checkout.recover(clone, log)
 

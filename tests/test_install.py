@@ -276,7 +276,8 @@ def test_a_broken_config_is_reported_as_git_said_it(tmp_path: Path) -> None:
 
     assert result.returncode == 3
     assert lines_of(result.stderr) == [
-        "crdt-merge-driver: `git rev-parse --show-toplevel` failed with exit code 128: "
+        "crdt-merge-driver: `git rev-parse --show-toplevel --absolute-git-dir "
+        "--path-format=absolute --git-common-dir` failed with exit code 128: "
         "fatal: bad config line 1 in file .git/config"
     ]
 
