@@ -62,25 +62,34 @@ class ToolError(RuntimeError):
     """A tool call answered with ``isError``; the message is the server's text."""
 
 
-def server_command() -> list[str]:
-    """The argv that starts the pinned server; `ServerUnavailable` if it cannot."""
+def server_command(script: Path | None = None) -> list[str]:
+    """The argv that starts the pinned server, or another ``script`` that npm ci installed;
+    `ServerUnavailable` if it cannot."""
+    script = SERVER_SCRIPT if script is None else script
     node = shutil.which("node")
     if node is None:
         raise ServerUnavailable("`node` is not on PATH: install Node 20+, then run `npm ci`")
-    if not SERVER_SCRIPT.is_file():
+    if not script.is_file():
         raise ServerUnavailable(
-            f"{SERVER_SCRIPT} is missing: run `npm ci` in {REPO_ROOT} (or `./install.sh --test`)"
+            f"{script} is missing: run `npm ci` in {REPO_ROOT} (or `./install.sh --test`)"
         )
-    return [node, str(SERVER_SCRIPT)]
+    return [node, str(script)]
 
 
 class MemoryServer:
-    """One server process over ``path``; use as a context manager, or `start` and `close`."""
+    """One server process over ``path``; use as a context manager, or `start` and `close`.
 
-    def __init__(self, path: Path, *, timeout: float = TIMEOUT) -> None:
+    ``command`` starts another server that takes its file from MEMORY_FILE_PATH and
+    speaks MCP on stdio (another writer of memory files); by default, the pinned one.
+    """
+
+    def __init__(
+        self, path: Path, *, timeout: float = TIMEOUT, command: Sequence[str] | None = None
+    ) -> None:
         # The server resolves a relative MEMORY_FILE_PATH against its own folder.
         self.path = Path(path).resolve()
         self.timeout = timeout
+        self.command = None if command is None else list(command)
         self._process: subprocess.Popen[bytes] | None = None
         # Lines are read by threads so each wait can time out (a pipe read cannot).
         self._replies: queue.Queue[bytes | None] = queue.Queue()
@@ -108,7 +117,7 @@ class MemoryServer:
             raise ServerError("this server is already started")
         env = dict(os.environ, MEMORY_FILE_PATH=str(self.path))
         self._process = subprocess.Popen(
-            server_command(),
+            server_command() if self.command is None else self.command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
