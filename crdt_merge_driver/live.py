@@ -26,7 +26,7 @@ from crdt_merge_driver.codec import diff
 from crdt_merge_driver.document import EMPTY, Buffer
 from crdt_merge_driver.merge import union
 from crdt_merge_driver.record import Key, Record, decode
-from crdt_merge_driver.value import dumps, loads
+from crdt_merge_driver.value import dumps, has_long_digits, loads
 
 _ENTITY_FIELDS = ("type", "name", "entityType", "observations")
 _RELATION_FIELDS = ("type", "from", "to", "relationType")
@@ -47,7 +47,9 @@ def records_of(data: Buffer) -> dict[Key, Record]:
 
 
 def _parse(data: Buffer) -> dict[Key, Record]:
-    return {key: decode(raw) for key, raw in union([diff(EMPTY, data)]).items()}
+    short = not has_long_digits(data)  # one search of the file, not one a record
+    records = union([diff(EMPTY, data)])
+    return {key: decode(raw, short_numbers=short) for key, raw in records.items()}
 
 
 # One backup reads the same versions (the live file, the last-sync point,

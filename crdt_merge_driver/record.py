@@ -112,9 +112,9 @@ def encode(value: Record, *, like: Record | None = None) -> bytes:
     )
 
 
-def decode(raw: bytes) -> Record:
-    """The record behind bytes that `identify` already accepted."""
-    value: Record = loads(raw)
+def decode(raw: bytes, *, short_numbers: bool = False) -> Record:
+    """The record behind bytes that `identify` already accepted (``short_numbers``: `loads`)."""
+    value: Record = loads(raw, short_numbers=short_numbers)
     return value
 
 
