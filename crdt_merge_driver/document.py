@@ -272,16 +272,18 @@ def agreed_style(styles: Iterable[Style]) -> Style:
 def joined_style(styles: Iterable[Style]) -> Style:
     """The layout of a join: what every input that shows it agrees on, else the server's.
 
-    Format, line ending, final newline and array indent are each taken
-    where all the inputs that show one agree (an empty file shows none), so
-    a join of files that all end in a newline ends in one. Each is a
-    property of the whole set of inputs, so the layout does not depend on
-    the order, or the grouping, of the joins.
+    Format, final newline and array indent are each taken where all the
+    inputs that show one agree (an empty file shows none), so a join of
+    files that all end in a newline ends in one. Each is a property of the
+    whole set of inputs, and every non-empty output shows it again, so the
+    layout does not depend on the order or the grouping of the joins. Not
+    the line ending: a one-line output shows none, so joining in two steps
+    could lose a CRLF that joining at once keeps (hypothesis found it).
     """
     styles = list(styles)
     return Style(
         _shared([style.format for style in styles]),
-        _shared([style.newline for style in styles]),
+        None,
         _shared([style.final_newline for style in styles]),
         _shared([style.indent for style in styles]),
     )

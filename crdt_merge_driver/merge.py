@@ -542,22 +542,40 @@ def _choose_field(
 ) -> Record:
     """The version of a field the sides hold differently: one side's change, else the greater.
 
-    ``order_*`` is ``(stamped, stamp, field bytes, metadata bytes)`` (see `_order`).
+    ``order_*`` is ``(stamped, stamp, field rank, metadata bytes)`` (see `_order`); the
+    rank ends with the field's bytes.
     """
-    if order_a[2] == field_o:
+    if order_a[2][-1] == field_o:
         return b
-    if order_b[2] == field_o:
+    if order_b[2][-1] == field_o:
         return a
     return a if order_a > order_b else b
 
 
-def _order(rank: tuple[bool, Stamp, bytes], field: bytes) -> tuple[bool, Stamp, bytes, bytes]:
+def _order(rank: tuple[bool, Stamp, bytes], field: bytes) -> tuple[Any, ...]:
     # Ordered by the field before the metadata bytes, so that records that carry no
     # stamp are decided field by field on the field alone; among versions of equal
     # field bytes this is the order of ``rank`` itself, as it must be for the merge to
     # associate.
     stamped, stamp, metadata = rank
-    return (stamped, stamp, field, metadata)
+    return (stamped, stamp, _field_rank(field), metadata)
+
+
+def _field_rank(field: bytes) -> tuple[Any, ...]:
+    """How two versions of a field order where nothing else decides: numbers by value.
+
+    A writer's counter (mcp-knowledge-graph's ``version``) must not go from
+    10 back to 9 because "9" sorts after "10" as text. Any other value, and
+    the bytes of numbers of equal value, order by canonical bytes; a number
+    is above every other value, as its digits sort above a string's quote.
+    """
+    if field[:1] in _NUMBER_STARTS:
+        number = float(field) if any(c in field for c in b".eE") else int(field)
+        return (1, number, field)
+    return (0, field)
+
+
+_NUMBER_STARTS = frozenset(bytes([c]) for c in b"-0123456789")
 
 
 _METADATA = ("_crdt", "_crdt_metadata")

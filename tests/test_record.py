@@ -18,6 +18,7 @@ import pytest
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.merge import join_bytes, merge_bytes
 from crdt_merge_driver.record import describe, encode, identify, sort_key
+from crdt_merge_driver.value import dumps, loads
 from tests.gitrepo import entity, relation
 
 Record = dict[str, Any]
@@ -277,6 +278,21 @@ def test_the_logged_reason_is_what_decided(
                          (ada("bbb", stamp_theirs), ada("zzz", stamp_ours))):  # fmt: skip
         (decision,) = merge_bytes(base, ours, theirs)[1].decisions
         assert decision.explain().endswith(f"({rule})"), decision.explain()
+
+
+def test_a_counter_both_sides_changed_takes_the_greater_number_not_the_greater_text() -> None:
+    # mcp-knowledge-graph bumps "version" on every update: "9" > "10" as text.
+    def ada(version: int, entity_type: str) -> bytes:
+        return orjson.dumps({"type": "entity", "name": "Ada", "entityType": entity_type,
+                             "observations": [], "version": version})  # fmt: skip
+
+    base, ours, theirs = ada(8, "person"), ada(10, "engineer"), ada(9, "person")
+    for a, b in ((ours, theirs), (theirs, ours)):
+        assert orjson.loads(merge_bytes(base, a, b)[0])["version"] == 10
+    big = dumps({"type": "entity", "name": "Ada", "entityType": "x", "observations": [],
+                 "version": 2**70})  # fmt: skip
+    for a, b in ((big, ada(9, "y")), (ada(9, "y"), big)):
+        assert loads(merge_bytes(base, a, b)[0])["version"] == 2**70  # exact, by value
 
 
 # --- canonical bytes ------------------------------------------------------------------------
