@@ -36,6 +36,7 @@ from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedErr
 from crdt_merge_driver.live import (
     SERVER_TYPES,
     first_foreign_line,
+    graph_of,
     machine_version,
     observe,
     records_of,
@@ -135,15 +136,16 @@ class Place(NamedTuple):
         return result.stdout if result.returncode == 0 else None
 
     def sync(
-        self, *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO
-    ) -> None:
+        self, *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO,
+        allow_mass_delete: bool = False,
+    ) -> None:  # fmt: skip
         """Land the local commits on the remote branch (the file itself is already committed)."""
         # Only the file backup committed; a clone that has none yet (a restore
         # before any backup) has nothing to commit at all: an empty list, which
         # sync reads as "commit nothing" (None would mean every memory file).
         mine = [self.top / self.as_path] if (self.top / self.as_path).exists() else []
         sync.land(self.clone, paths=mine, attempts=attempts, deadline=deadline, sleep=sleep,
-                  log=log, summary=False)  # fmt: skip
+                  log=log, summary=False, allow_mass_delete=allow_mass_delete)  # fmt: skip
 
     def ref(self, *, own: bool = False) -> str:
         """The last-sync point (what the live file reflects), or this machine's last own version."""
@@ -163,6 +165,7 @@ def backup(
     deadline: float = 300.0,
     sleep: Callable[[float], None] = time.sleep,
     log: TextIO = sys.stderr,
+    allow_mass_delete: bool = False,
 ) -> BackupResult:
     """Back up the live file, merge it with what the others pushed, and restore the result."""
     machine = host or os.environ.get(HOST_VARIABLE) or socket.gethostname()
@@ -188,7 +191,8 @@ def backup(
             holds = base  # a commit whose memory the live file holds, if one is known
             if fresh:
                 clock = HybridClock(machine, wall=wall)
-                ours = _commit_machine_version(place, base, live, clock, machine=machine)
+                ours = _commit_machine_version(place, base, live, clock, machine=machine,
+                                               allow_mass_delete=allow_mass_delete)  # fmt: skip
                 _integrate(place, ours)
                 # From here the live file (as read) is this commit, whatever happens
                 # next: a later backup builds on it, so a deletion made after a
@@ -201,7 +205,8 @@ def backup(
             # A sync only for what there is to land: this round's commit, what an
             # earlier run left unpushed, or what the remote has that HEAD lacks.
             if fresh or (reached and head != tracking):
-                place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
+                place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log,
+                           allow_mass_delete=allow_mass_delete)  # fmt: skip
                 head = None
             tip = head or _head(place)
             if not restore:
@@ -278,15 +283,15 @@ def _place(
     memory: Path | None, repo: Path | None, as_path: str | None, log: TextIO,
     *, need_live: bool = True,
 ) -> Iterator[Place]:  # fmt: skip
-    live = live_path(memory)
-    given = "check --memory" if memory else _which_variable()
+    folder = repo or _env_path("REPO_DIR") or Path.cwd()
+    top = install.find_toplevel(folder)
+    live = live_path(memory, top)
+    given = _which_path(memory, top)
     if need_live and not live.is_file():
         raise BackupError(f"memory file {live} does not exist ({given})")
     if not live.parent.is_dir():  # restore does not make folders: a typo would go unseen
         raise BackupError(f"the folder of the memory file does not exist: {live.parent} "
                           f"(create it first, or {given})")  # fmt: skip
-    folder = repo or _env_path("REPO_DIR") or Path.cwd()
-    top = install.find_toplevel(folder)
     # Under sync's own lock for the whole round: a sync from cron and a
     # backup never work in one clone at once, nor two backups.
     with sync.prepared(top, remote=remote_of(top), log=log) as clone:
@@ -327,16 +332,29 @@ def _check_tracked(place: Place) -> None:
         )
 
 
-def live_path(memory: Path | None) -> Path:
-    """The live memory file: ``--memory``, else $MEMORY_FILE_PATH, else the older $MEMORY_FILE."""
+def live_path(memory: Path | None, top: Path | None = None) -> Path:
+    """The live memory file: ``--memory``, else $MEMORY_FILE_PATH, else the older $MEMORY_FILE.
+
+    Else, with the clone's ``top``, the live file `setup` noted in its config.
+    """
     found = memory or _env_path("MEMORY_FILE_PATH") or _env_path("MEMORY_FILE")
+    if found is None and top is not None:
+        noted = git.read_config(MEMORY_KEY, cwd=top, scope="--local")
+        found = Path(noted) if noted else None
     if found is None:
         raise BackupError("which memory file? pass --memory FILE or set MEMORY_FILE_PATH")
     return found.absolute()
 
 
-def _which_variable() -> str:
-    """What to check when the live file's path came from the environment (as live_path read)."""
+MEMORY_KEY = "crdt-merge-driver.memory"  # where setup notes a clone's live file
+
+
+def _which_path(memory: Path | None, top: Path) -> str:
+    """What to check when the live file is not there, by where its path came from."""
+    if memory:
+        return "check --memory"
+    if not (os.environ.get("MEMORY_FILE_PATH") or os.environ.get("MEMORY_FILE")):
+        return f"setup noted it as {MEMORY_KEY} in {top}: pass --memory"
     name = "MEMORY_FILE_PATH" if os.environ.get("MEMORY_FILE_PATH") else "MEMORY_FILE"
     return f"check {name}, or pass --memory"
 
@@ -458,9 +476,12 @@ def _server_view(value: Record | None) -> bytes | None:
 
 
 def _commit_machine_version(
-    place: Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str
-) -> str:
+    place: Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str,
+    allow_mass_delete: bool,
+) -> str:  # fmt: skip
     """A commit holding this machine's version of the file, on top of ``base``."""
+    if base is not None and not allow_mass_delete:
+        _check_deletions(place, place.blob(base) or b"", live)
     tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
     head = _head_or_none(place) or tracking
     for seen in (place.blob(tracking), place.blob(head)):
@@ -523,12 +544,42 @@ def _head_or_none(place: Place) -> str | None:
 
 
 def _restorable(place: Place, current: bytes, tip: str) -> bool:
-    """Restoring loses nothing: the live file is empty, what was last synced, or the tip."""
-    if not records_of(current):
+    """Restoring loses nothing: the live file holds no record the last sync or the tip lacks.
+
+    Empty, what was last synced, the tip, or a part of either (records
+    deleted since, which a restore brings back: what a refused mass
+    deletion asks for, `_check_deletions`).
+    """
+    live = _server_records(current)
+    if not live:
         return True
     synced = place.blob(place.rev(place.ref()))
     candidates = [data for data in (synced, place.blob(tip)) if data is not None]
-    return any(same_graph(data, current) for data in candidates)
+    return any(live.items() <= _server_records(data).items() for data in candidates)
+
+
+def _server_records(data: bytes) -> dict[Key, Record]:
+    """The records the server holds reading ``data``, by identity, with the server's fields."""
+    return graph_of(data)
+
+
+def _check_deletions(place: Place, synced: bytes, live: bytes) -> None:
+    """`RefusedError`, before anything is committed, if ``live`` deletes most of the memory.
+
+    The push guard refuses such a push too, but only after this machine has
+    committed the deletion, which every later backup and restore then tries
+    to push again. A live file emptied by accident (a new server, a reset)
+    must not get that far: refused here, a restore brings the memory back.
+    """
+    before, after = _server_records(synced), _server_records(live)
+    lost = len(before.keys() - after.keys())
+    if lost * 2 > len(before):
+        raise RefusedError(
+            f"{place.memory} holds {len(before) - lost} of the {len(before)} records it last "
+            f"synced: a backup would delete {lost} (more than half) from everyone's memory; "
+            f"nothing backed up or changed. If it was not meant, `{PROGRAM} restore` brings "
+            f"them back; if it was, `{PROGRAM} backup --allow-mass-delete`"
+        )
 
 
 def _write_live(

@@ -181,6 +181,7 @@ def _backup(args: argparse.Namespace) -> int:
         attempts=args.attempts,
         deadline=args.deadline,
         log=args.log,
+        allow_mass_delete=args.allow_mass_delete,
     )
     return ExitCode.OK
 
@@ -266,6 +267,19 @@ def _path(name: str) -> Path:
 
 def _repo(args: argparse.Namespace) -> Path:
     return _path(args.repo) if args.repo else _path(".").absolute()
+
+
+def _backup_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-restore",
+        action="store_true",
+        help="do not write the merged memory back to the live file",
+    )
+    parser.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="back up even a live file that deletes over half of the memory",
+    )
 
 
 def _retry_options(parser: argparse.ArgumentParser) -> None:
@@ -442,11 +456,7 @@ def _parser() -> argparse.ArgumentParser:
         (_watch_options if name == "watch" else _retry_options)(sub)
         _log_options(sub)
         if name == "backup":
-            sub.add_argument(
-                "--no-restore",
-                action="store_true",
-                help="do not write the merged memory back to the live file",
-            )
+            _backup_options(sub)
 
     _setup_and_status(command)
 

@@ -88,6 +88,14 @@ def same_graph(first: Buffer, second: Buffer) -> bool:
     return _graph(first) == _graph(second)
 
 
+def graph_of(data: Buffer) -> dict[Key, Record]:
+    """What the server holds reading ``data``: its records by identity, with the server's fields.
+
+    Shared with later calls on the same bytes: read it, do not change it.
+    """
+    return _graph(data)
+
+
 def _graph(data: Buffer) -> dict[Key, Record]:
     return _graph_of_bytes(data) if isinstance(data, bytes) else _server_graph(_parse(data))
 

@@ -800,3 +800,56 @@ def test_a_memory_path_that_is_a_link_or_a_submodule_in_the_repository_is_named(
         assert "--as PATH" in error
         assert laptop.live.read_bytes() == live
         assert gitrepo.git(remote, "rev-parse", "main") == pushed
+
+
+def test_an_emptied_live_file_is_not_backed_up_and_restore_brings_the_memory_back(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # A new or reset server, a truncated file: backed up, it would delete
+    # everyone's memory; committed and refused at the push, it left this
+    # machine stuck with a deletion every later run tried to push again.
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    pushed = gitrepo.git(remote, "rev-parse", "main")
+    head = gitrepo.head(laptop.clone)
+    laptop.live.write_bytes(b"")
+
+    error = one_line_error(laptop.run("backup"), ExitCode.REFUSED, "holds 0 of the 13 records")
+    assert "nothing backed up or changed" in error and "`crdt-merge-driver restore`" in error
+    assert laptop.live.read_bytes() == b""
+    assert gitrepo.head(laptop.clone) == head  # no commit of the deletion
+    assert gitrepo.git(remote, "rev-parse", "main") == pushed
+
+    laptop.restore()
+    assert laptop.graph() == first_graph()
+    laptop.backup()  # and backups go on
+    assert gitrepo.git(remote, "rev-parse", "main") == pushed
+
+
+def test_a_live_file_that_lost_most_records_is_refused_and_restore_brings_them_back(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    pushed = gitrepo.git(remote, "rev-parse", "main")
+    kept = laptop.live.read_bytes().split(b"\n")[:2]  # a bad edit kept two lines
+    laptop.live.write_bytes(b"\n".join(kept))
+
+    one_line_error(laptop.run("backup"), ExitCode.REFUSED, "holds 2 of the 13 records")
+    assert gitrepo.git(remote, "rev-parse", "main") == pushed
+    laptop.restore()  # the live file holds nothing the last sync lacks: restore loses nothing
+    assert laptop.graph() == first_graph()
+
+
+def test_a_meant_mass_deletion_is_backed_up_with_allow_mass_delete(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    laptop.live.write_bytes(b"")
+    laptop.backup("--allow-mass-delete")
+    assert remote_graph(remote) == ({}, frozenset())
+    assert laptop.live.read_bytes() == b""
