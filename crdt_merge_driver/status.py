@@ -15,14 +15,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from crdt_merge_driver import PROGRAM, git, install, schedule
-from crdt_merge_driver.backup import DEFAULT_AS, Place, live_path, records_in, remote_of
+from crdt_merge_driver.backup import (
+    DEFAULT_AS,
+    MEMORY_KEY,
+    Place,
+    live_path,
+    records_in,
+    remote_of,
+)
 from crdt_merge_driver.clone import Clone, current_branch, find_url
 from crdt_merge_driver.errors import CrdtError, ExitCode, GitError
 from crdt_merge_driver.live import same_graph
 from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.sync import Transient, fetch
 
-MEMORY_KEY = "crdt-merge-driver.memory"  # where setup notes the clone's live file
 _FETCH_TIMEOUT = 30.0
 
 
@@ -85,16 +91,21 @@ def status(
             remote_error = failure.reason
         except GitError as error:
             remote_error = str(error)
-    tip = place.rev(clone.tracking)
-    remote_ahead = None if remote_error else (
-        tip is not None and tip != synced and not same_graph(place.blob(tip) or b"", at_sync)
-    )  # fmt: skip
     try:
         live: bytes | None = place.memory.read_bytes()
     except FileNotFoundError:
         live = None
     if live is not None:
         records_in(place.memory, live)  # a live file that is not a memory file: one line
+    tip = place.rev(clone.tracking)
+    if remote_error:
+        remote_ahead = None
+    elif live is None:  # no live file (a new machine, a typo): it lacks all the remote has
+        remote_ahead = tip is not None and not same_graph(place.blob(tip) or b"", b"")
+    else:
+        remote_ahead = tip is not None and tip != synced and not same_graph(
+            place.blob(tip) or b"", at_sync
+        )
     found = schedule.find(schedule.tag(top))
     ran = schedule.log_path(top)
     queue.resume()
@@ -146,17 +157,11 @@ def clones_folder() -> Path:
 
 
 def _place(top: Path, memory: Path | None) -> Place:
-    configured = git.read_config(MEMORY_KEY, cwd=top)
-    chosen = memory or (None if _env_memory() or not configured else Path(configured))
-    live = live_path(chosen)
+    live = live_path(memory, top)
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     remote = remote_of(top)
     clone = Clone(top, git_dir, git.find_common_dir(top), {}, remote, find_url(top, remote), "")
     return Place(live, clone._replace(branch=current_branch(clone)), DEFAULT_AS)
-
-
-def _env_memory() -> bool:
-    return bool(os.environ.get("MEMORY_FILE_PATH") or os.environ.get("MEMORY_FILE"))
 
 
 def _last_move(place: Place, ref: str) -> str | None:
@@ -203,7 +208,9 @@ def render(found: Status) -> list[str]:
         lines.append(f"schedule: {found.schedule}; last ran "
                      f"{found.schedule_last_ran or 'never (no log yet)'}")  # fmt: skip
     lines += [f"waiting in the sync queue: {ref}" for ref in found.waiting]
-    command = f"{PROGRAM} backup --repo {found.repo} --memory {found.memory}"
+    # Nothing here to back up: the remote's memory only has to come in.
+    verb = "backup" if found.live_exists and found.local_changes else "restore"
+    command = f"{PROGRAM} {verb} --repo {found.repo} --memory {found.memory}"
     lines.append("in sync" if found.in_sync else f"not in sync: run `{command}`")
     return lines
 

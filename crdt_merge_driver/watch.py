@@ -102,10 +102,10 @@ def watch(
     """Keep the live file and the remote branch in step until SIGTERM or SIGINT."""
     if not interval > 0 or debounce < 0:
         raise WatchError("--interval must be above 0 seconds and --debounce at least 0")
-    live = live_path(memory)
+    top = install.find_toplevel(repo or _env_path("REPO_DIR") or Path.cwd())
+    live = live_path(memory, top)
     if not live.parent.is_dir():
         raise WatchError(f"the folder of the memory file does not exist: {live.parent}")
-    top = install.find_toplevel(repo or _env_path("REPO_DIR") or Path.cwd())
     git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     # For the whole process: a second watcher on this clone would only race the first.
     with lock(git_dir, log, what="watch", name=LOCK), _stop_on_signals() as stopping:

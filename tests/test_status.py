@@ -73,10 +73,23 @@ def test_in_sync_after_setup_then_each_change_shows(
     code, found, plain = status(desk)
     assert code == 1 and found["remote_ahead"] is True and found["local_changes"] is False
     assert "holds changes not restored here yet" in plain
+    assert "not in sync: run `crdt-merge-driver restore" in plain  # nothing here to back up
     # Offline, the desk knows only the last fetch, which saw the move.
     assert status(desk, "--offline")[1]["remote_ahead"] is True
     desk.ok("backup", "--repo", str(desk.clone))
     assert status(desk)[0] == ExitCode.OK
+
+
+def test_a_live_file_that_is_missing_lacks_what_the_remote_holds(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # A typo in the path, or a machine whose server never wrote: not "in sync".
+    laptop, _ = joined(tmp_path, remote, memory_server_factory)
+    code, found, plain = status(laptop, "--memory", str(tmp_path / "typo.jsonl"))
+    assert code == 1 and found["in_sync"] is False and found["remote_ahead"] is True
+    assert found["local_changes"] is False
+    assert "typo.jsonl does not exist yet" in plain
+    assert "not in sync: run `crdt-merge-driver restore" in plain
 
 
 def test_a_broken_driver_is_exit_6_and_named(
@@ -112,6 +125,22 @@ def test_status_finds_the_clone_and_live_file_setup_made(
     result = gitrepo.cli("status", cwd=laptop.home, env=env)
     assert result.returncode == 0, result.stderr + result.stdout
     assert f"live file: {laptop.live}".encode() in result.stdout
+
+
+def test_backup_and_restore_use_the_live_file_setup_noted(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop, _ = joined(tmp_path, remote, memory_server_factory)
+    env = {key: value for key, value in laptop.env().items() if key != "MEMORY_FILE_PATH"}
+    laptop.server.create_entities([new("Grace", "person", "wrote a compiler")])
+    for command in ("backup", "restore"):
+        result = gitrepo.cli(command, "--repo", str(laptop.clone), cwd=laptop.home, env=env)
+        assert result.returncode == 0, result.stderr
+        assert str(laptop.live).encode() in result.stderr
+    assert "Grace" in gitrepo.graph((laptop.clone / "memory.jsonl").read_bytes())[0]
+    laptop.ok("setup", "--remove", "--repo", str(laptop.clone))
+    gone = gitrepo.cli("backup", "--repo", str(laptop.clone), cwd=laptop.home, env=env)
+    assert gone.returncode == ExitCode.USAGE and b"which memory file?" in gone.stderr
 
 
 def test_status_inside_another_projects_checkout_reports_the_memory_clone(
