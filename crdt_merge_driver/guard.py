@@ -50,7 +50,7 @@ def check_files(
                 f"refusing to push {path}: it deletes {lost} of the {len(before)} records "
                 f"{clone.where} has (more than half), which a damaged or emptied file must not "
                 f"do to everyone's memory. Nothing pushed; your commits are kept. If you mean it, "
-                f"sync again with --allow-mass-delete"
+                f"`{PROGRAM} sync --allow-mass-delete --repo {clone.top}`"
             )
 
 

@@ -37,6 +37,12 @@ def setup(
     see (``-q`` hides them; the steps' own details need ``-v``).
     """
     live = live_path(memory)
+    # Before anything is cloned: a typo must not leave a clone behind.
+    if live.is_dir():
+        raise SetupError(f"--memory {live} is a folder: name the memory file in it")
+    if not live.parent.is_dir():
+        raise SetupError(f"the folder of the memory file does not exist: {live.parent} "
+                         "(create it first, or check --memory)")  # fmt: skip
     if every < 1:
         raise SetupError(f"--every {every}: must be at least 1 minute")
     chosen = schedule.choose(kind) if kind != "none" else "none"

@@ -176,6 +176,22 @@ def test_setup_without_a_memory_file_says_to_pass_it(tmp_path: Path, remote: Pat
     assert b"pass --memory FILE" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("memory", "says"),
+    [("nodir/memory.jsonl", "the folder of the memory file does not exist"),
+     ("live", "is a folder: name the memory file in it")],
+)  # fmt: skip
+def test_a_bad_memory_path_is_refused_before_anything_is_cloned(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, memory: str, says: str
+) -> None:
+    lone = machine(tmp_path, memory_server_factory, "lone")
+    result = lone.run("setup", str(remote), "--memory", str(lone.home / memory))
+    assert result.returncode == ExitCode.USAGE
+    [line] = result.stderr.decode().splitlines()
+    assert says in line and str(lone.home / memory.split("/", maxsplit=1)[0]) in line, line
+    assert not lone.clone.exists()  # no clone left behind
+
+
 def test_cron_schedule_is_added_once_and_removed_byte_for_byte(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, crontab: bytes | None
 ) -> None:
