@@ -204,7 +204,9 @@ def backup(
                          " what it has that this machine lacks comes with a later run")  # fmt: skip
             # A sync only for what there is to land: this round's commit, what an
             # earlier run left unpushed, or what the remote has that HEAD lacks.
+            landed = ""
             if fresh or (reached and head != tracking):
+                landed = "" if fresh else _left_unpushed(place, head, tracking)
                 place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log,
                            allow_mass_delete=allow_mass_delete)  # fmt: skip
                 head = None
@@ -228,7 +230,7 @@ def backup(
                 what = _nothing_new(place, base, f"restored {place.clone.where} at {tip[:12]}")
             else:
                 what = _nothing_new(place, base, f"{place.clone.where} has nothing newer")
-            say(log, what, summary=True)
+            say(log, what + landed, summary=True)
             return BackupResult(tip, round_number)
     raise RefusedError(
         f"the memory server kept writing {place.memory} during {ROUNDS} rounds; everything it "
@@ -437,6 +439,15 @@ def _fetch(place: Place) -> bool:
     except GitError:  # timed out
         return False
     return result.returncode == 0
+
+
+def _left_unpushed(place: Place, head: str | None, tracking: str | None) -> str:
+    """What to add to the summary line when this round pushes what an earlier run left."""
+    if head is None:
+        return ""
+    since = f"{tracking}..{head}" if tracking else head
+    count = int(place.git("rev-list", "--count", since).stdout or b"0")
+    return f"; pushed {count} commit{'s' * (count != 1)} an earlier run left" if count else ""
 
 
 def _nothing_new(place: Place, base: str | None, then: str) -> str:

@@ -853,3 +853,23 @@ def test_a_meant_mass_deletion_is_backed_up_with_allow_mass_delete(
     laptop.backup("--allow-mass-delete")
     assert remote_graph(remote) == ({}, frozenset())
     assert laptop.live.read_bytes() == b""
+
+
+def test_a_backup_that_pushes_what_an_earlier_run_left_says_so(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    laptop.server.add_observations([observe("Ada", "found a bug")])
+    away = tmp_path / "away.git"
+    remote.rename(away)  # the remote gone while the change is backed up
+    assert laptop.run("backup").returncode == ExitCode.GIT
+    away.rename(remote)
+
+    result = laptop.run("backup")  # nothing new in the live file since; the commit waits
+    ok(result)
+    [line] = gitrepo.unstamped(result.stderr.decode()).splitlines()
+    assert line.startswith(f"crdt-merge-driver: nothing new in {laptop.live}"), line
+    assert line.endswith("; pushed 1 commit an earlier run left"), line
+    assert "found a bug" in remote_graph(remote)[0]["Ada"][1]
