@@ -261,7 +261,8 @@ def _sorted_of_kind(records: dict[Key, bytes], kind: int) -> list[bytes]:
 def _header_length(kinds: bytearray) -> int:
     """How many records of another kind lead the file, before its first entity or relation."""
     found = [at for at in (kinds.find(0), kinds.find(1)) if at >= 0]
-    return min(found) if found else 0
+    # None at all (a new memory: mcp-knowledge-graph's header alone): all of it leads.
+    return min(found) if found else len(kinds)
 
 
 def _leading_others(side: Side) -> set[Key]:
@@ -444,7 +445,14 @@ class _Merger:
         return self._combine(key, o, a, b)
 
     def _same(self, key: Key, x: bytes, y: bytes) -> bool:
-        return encode(self.value(key, x)) == encode(self.value(key, y))
+        """Whether a record was left as it was, for a deletion on the other side to win.
+
+        Fields whose name starts with "_" are a writer's bookkeeping
+        (mcp-think-tank re-stamps ``_savedAt`` on every record at every
+        save): a record that changed only there was not edited, and must not
+        undo the other side's deletion of it.
+        """
+        return encode(_unkept(self.value(key, x))) == encode(_unkept(self.value(key, y)))
 
     def _combine(self, key: Key, o_raw: bytes | None, a_raw: bytes, b_raw: bytes) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
@@ -508,6 +516,11 @@ class _Merger:
         if won:
             self.report.decisions.append(Decision(key, won, lost, rule=_rule(stamp_a, stamp_b)))
         return merged
+
+
+def _unkept(value: Record) -> Record:
+    """A record without its bookkeeping fields (named with a leading "_")."""
+    return {name: field for name, field in value.items() if not name.startswith("_")}
 
 
 def _rule(stamp_a: Stamp | None, stamp_b: Stamp | None) -> str:

@@ -148,7 +148,7 @@ def check_form(writer: str, data: bytes, base: bytes) -> None:
     """``data``, merged against ``base``, is written as ``writer`` writes its files."""
     if writer in JSONL_WRITERS:
         records = jsonl_records(data)
-        if writer == "knowledge-graph" and not only_a_header(base):
+        if writer == "knowledge-graph":
             assert (
                 data == AIM_HEADER
                 or data.startswith(AIM_HEADER + b"\n")
@@ -172,13 +172,6 @@ def check_form(writer: str, data: bytes, base: bytes) -> None:
         value = json.loads(data)
         sections = (dict, dict) if writer == "iflow" else (list, list)
         assert (type(value["entities"]), type(value["relations"])) == sections, value
-
-
-def only_a_header(base: bytes) -> bool:
-    """An ancestor holding the header and no entity or relation: the open bug, see
-    `test_the_header_of_a_file_holding_nothing_else_stays_first`."""
-    records = jsonl_records(base)
-    return bool(records) and all(_kind(record) not in ("entity", "relation") for record in records)
 
 
 def canonical(records: list[Record]) -> Counter[bytes]:
@@ -219,57 +212,16 @@ def test_the_merge_holds_the_graph_of_the_merge_of_the_servers_files(
     for name, held in expected.entities.items():
         assert got.entities.get(name) == held, f"entity {name!r}"
     assert expected.relations <= got.relations, "a relation lost"
-    # Deletions kept: nothing more, but for the open bug of mcp-think-tank's re-stamps.
-    revived = revived_by_a_restamp(history) if writer == "think-tank" else EMPTY
-    for name in got.entities.keys() - expected.entities.keys():
-        assert revived.entities.get(name) == got.entities[name], f"deleted entity {name!r} back"
-    assert got.relations - expected.relations <= revived.relations, "a deleted relation back"
+    # Deletions kept: nothing more (a re-stamp of mcp-think-tank's included).
+    assert got.entities.keys() <= expected.entities.keys(), "a deleted entity back"
+    assert got.relations <= expected.relations, "a deleted relation back"
 
 
-EMPTY = Memory({}, frozenset())
-
-
-def revived_by_a_restamp(history: WriterHistory) -> Memory:
-    """What a deletion on one side loses to a mere re-save on the other (mcp-think-tank).
-
-    The ancestor's records that one side deleted and the other holds as the
-    ancestor had them, but re-stamped (``_savedAt``) because that side saved
-    the file for another edit. The merge keeps them (a deletion against a
-    change), where the merge of the server's files deletes them: see
-    `test_think_tank_a_deletion_is_not_undone_by_a_save_of_the_other_side`.
-    """
-    base, *sides = (_by_identity(jsonl_records(data)) for data in history.official)
-    entities, relations = {}, set()
-    for deleting, keeping, written in ((0, 1, history.written[2]), (1, 0, history.written[1])):
-        if written == history.written[0]:
-            continue  # that side was not saved: nothing re-stamped
-        for key, record in base.items():
-            if key not in sides[deleting] and sides[keeping].get(key) == record:
-                if isinstance(key, str):
-                    memory = memory_of([record])
-                    entities[key] = memory.entities[key]
-                else:
-                    relations.add(key)
-    return Memory(entities, frozenset(relations))
-
-
-def _by_identity(records: list[Record]) -> dict[str | Relation, Record]:
-    return {
-        record["name"] if _kind(record) == "entity"
-        else (record["from"], record["to"], record["relationType"]): record
-        for record in records
-    }  # fmt: skip
-
-
-# Open (found by hypothesis, 2026-12-03, issue 11): mcp-think-tank re-stamps `_savedAt` on every
-# record at every save, so a side that saved for any edit holds every other record "changed";
-# the merge takes that change over the other side's deletion of the record (the rule "deleted
-# against changed: kept"), and the deleted entity or relation comes back. On the server's files
-# the same history deletes it. Minimal (T0 < T1 < T2):
+# Found by hypothesis (2026-12-03, issue 11), fixed: mcp-think-tank re-stamps `_savedAt` on
+# every record at every save, so a side that saved for any edit held every other record
+# "changed", and that change undid the other side's deletion. A change of bookkeeping fields
+# ("_" names) alone is no edit. Minimal (T0 < T1 < T2):
 #   O: Ada [] @T0, Bob [] @T0      A: Ada ["x"] @T1, Bob [] @T1 (only re-stamped)      B: Ada [] @T2
-#   merge(O, A, B) holds Bob (A's line); merge of the server's O, A, B holds only Ada ["x"].
-@pytest.mark.xfail(strict=True, reason="think-tank: a save's re-stamp undoes the other side's "
-                                       "deletion")  # fmt: skip
 def test_think_tank_a_deletion_is_not_undone_by_a_save_of_the_other_side() -> None:
     def entity(name: str, observations: list[str], saved_at: str) -> bytes:
         return orjson.dumps({
@@ -350,15 +302,13 @@ def test_the_knowledge_graph_header_stays_first(history: WriterHistory) -> None:
     assert canonical(records) == canonical(jsonl_records(merged(*history.official)))
 
 
-# Open (found by hypothesis, 2026-12-03, issue 11): an ancestor that holds the header and no
+# Found by hypothesis (2026-12-03, issue 11), fixed: an ancestor that holds the header and no
 # entity or relation (a new mcp-knowledge-graph memory, committed before anything was saved
 # in it) has no header for the merge: `merge._header_length` counts the records before the
 # first entity or relation, and gives 0 where there is none, so the header goes after the
 # sides' new records and mcp-knowledge-graph refuses the file. Minimal:
 #   O = A: {"type":"_aim",...}      B: {"type":"_aim",...}\n{"type":"entity","name":"Ada",...}
 #   merge(O, A, B) = {"type":"entity","name":"Ada",...}\n{"type":"_aim",...}
-@pytest.mark.xfail(strict=True, reason="knowledge-graph: a header alone in the ancestor moves "
-                                       "to the end")  # fmt: skip
 def test_the_header_of_a_file_holding_nothing_else_stays_first() -> None:
     ada = b'{"type":"entity","name":"Ada","entityType":"person","observations":[]}'
     assert merged(AIM_HEADER, AIM_HEADER, AIM_HEADER + b"\n" + ada) == AIM_HEADER + b"\n" + ada
