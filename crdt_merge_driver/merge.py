@@ -519,8 +519,13 @@ class _Merger:
 
 
 def _unkept(value: Record) -> Record:
-    """A record without its bookkeeping fields (named with a leading "_")."""
-    return {name: field for name, field in value.items() if not name.startswith("_")}
+    """A record without a writer's bookkeeping (fields named with a leading "_").
+
+    Not without this tool's stamps: a stamp that changed or went away dates
+    an edit (the laws count it as one), where ``_savedAt`` dates a save.
+    """
+    return {name: field for name, field in value.items()
+            if not name.startswith("_") or name in _METADATA}  # fmt: skip
 
 
 def _rule(stamp_a: Stamp | None, stamp_b: Stamp | None) -> str:
