@@ -26,7 +26,7 @@ import orjson
 from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Buffer, Document, Side, Style, line_at
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.record import Key, identify
-from crdt_merge_driver.value import dumps, has_long_digits, loads
+from crdt_merge_driver.value import dumps, loads
 
 _CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>", b"|||||||")
 # The memory server writes every entity line with this prefix (JSON.stringify of
@@ -127,10 +127,9 @@ def _index_chunk(document: Document, text: bytes, offset: int, *, strict: bool) 
     keys: list[Key | None] = [None] * len(lines) if strict else _entity_names(lines, text)
     kinds = bytearray(len(lines))
     blank: list[int] = []
-    short = not has_long_digits(text)  # one search of the chunk, not one a line
     for at in [at for at, key in enumerate(keys) if key is None]:
         line = lines[at]
-        parsed = _parse_line(line, partial(line_at, document.data, starts[at]), short=short)
+        parsed = _parse_line(line, partial(line_at, document.data, starts[at]))
         if parsed is None:
             blank.append(at)
         else:
@@ -227,16 +226,13 @@ def _index_keys(document: Document) -> None:
         document.repeated = {key for at, key in enumerate(keys) if index[key] != at}
 
 
-def _parse_line(
-    line: bytes, number: Callable[[], int], *, short: bool = False
-) -> tuple[Key, int] | None:
+def _parse_line(line: bytes, number: Callable[[], int]) -> tuple[Key, int] | None:
     """Identity and kind of one JSONL line; None for a blank line.
 
-    ``number`` gives the line's number, counted only if it is needed for an error;
-    ``short``: the line holds no integer too long for orjson (`value.loads`).
+    ``number`` gives the line's number, counted only if it is needed for an error.
     """
     try:
-        value = loads(line, short_numbers=short)
+        value = loads(line)
     except orjson.JSONDecodeError:
         if not line.strip():
             return None
