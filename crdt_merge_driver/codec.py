@@ -185,8 +185,8 @@ def _plain(lines: list[bytes], quotes: list[int], text: bytes) -> list[int]:
     two records to them), or a key ending in ``e`` beyond the layout's three
     (a repeated "name" or "type", which JSON.parse reads as the last, or a
     second record on the line). Outside an escape a quote always ends a
-    string, so ``e":`` only ever ends a key. Counted over the whole chunk
-    first: one scan in C, line by line only when the chunk has a line to drop.
+    string, so ``e":`` only ever ends a key. Counted over the plain lines
+    at once first: one scan in C, line by line only when one of them is to drop.
     """
     after = _AFTER_NAME
     quotes = [
@@ -198,11 +198,9 @@ def _plain(lines: list[bytes], quotes: list[int], text: bytes) -> list[int]:
             quote if quote > 0 and b"\\" not in line and b"\r" not in line else 0
             for line, quote in zip(lines, quotes, strict=True)
         ]
-    found = text.count(_KEY_END)
-    expected = sum(
-        3 if quote > 0 else line.count(_KEY_END) for line, quote in zip(lines, quotes, strict=True)
-    )
-    if found == expected:
+    # The plain lines joined (no key can form across "]}" and '{"'), counted at once.
+    plain = [line for line, quote in zip(lines, quotes, strict=True) if quote > 0]
+    if b"".join(plain).count(_KEY_END) == 3 * len(plain):
         return quotes
     return [
         quote if quote > 0 and line.count(_KEY_END) == 3 else 0
