@@ -561,17 +561,12 @@ def _restorable(place: Place, current: bytes, tip: str) -> bool:
     deleted since, which a restore brings back: what a refused mass
     deletion asks for, `_check_deletions`).
     """
-    live = _server_records(current)
+    live = graph_of(current)
     if not live:
         return True
     synced = place.blob(place.rev(place.ref()))
     candidates = [data for data in (synced, place.blob(tip)) if data is not None]
-    return any(live.items() <= _server_records(data).items() for data in candidates)
-
-
-def _server_records(data: bytes) -> dict[Key, Record]:
-    """The records the server holds reading ``data``, by identity, with the server's fields."""
-    return graph_of(data)
+    return any(live.items() <= graph_of(data).items() for data in candidates)
 
 
 def _check_deletions(place: Place, synced: bytes, live: bytes) -> None:
@@ -582,7 +577,7 @@ def _check_deletions(place: Place, synced: bytes, live: bytes) -> None:
     to push again. A live file emptied by accident (a new server, a reset)
     must not get that far: refused here, a restore brings the memory back.
     """
-    before, after = _server_records(synced), _server_records(live)
+    before, after = graph_of(synced), graph_of(live)
     lost = len(before.keys() - after.keys())
     if lost * 2 > len(before):
         raise RefusedError(

@@ -158,9 +158,9 @@ def clones_folder() -> Path:
 
 def _place(top: Path, memory: Path | None) -> Place:
     live = live_path(memory, top)
-    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
+    _, git_dir, common = install.find_folders(top)
     remote = remote_of(top)
-    clone = Clone(top, git_dir, git.find_common_dir(top), {}, remote, find_url(top, remote), "")
+    clone = Clone(top, git_dir, common, {}, remote, find_url(top, remote), "")
     return Place(live, clone._replace(branch=current_branch(clone)), DEFAULT_AS)
 
 

@@ -36,7 +36,7 @@ from typing import TextIO
 
 import tenacity
 
-from crdt_merge_driver import git, install
+from crdt_merge_driver import install
 from crdt_merge_driver.backup import DEFAULT_AS, BackupError, backup, live_path, remote_of, restore
 from crdt_merge_driver.clone import Clone, current_branch, find_url
 from crdt_merge_driver.errors import CrdtError, ExitCode
@@ -102,15 +102,14 @@ def watch(
     """Keep the live file and the remote branch in step until SIGTERM or SIGINT."""
     if not interval > 0 or debounce < 0:
         raise WatchError("--interval must be above 0 seconds and --debounce at least 0")
-    top = install.find_toplevel(repo or _env_path("REPO_DIR") or Path.cwd())
+    top, git_dir, common = install.find_folders(repo or _env_path("REPO_DIR") or Path.cwd())
     live = live_path(memory, top)
     if not live.parent.is_dir():
         raise WatchError(f"the folder of the memory file does not exist: {live.parent}")
-    git_dir = Path(git.output("rev-parse", "--absolute-git-dir", cwd=top))
     # For the whole process: a second watcher on this clone would only race the first.
     with lock(git_dir, log, what="watch", name=LOCK), _stop_on_signals() as stopping:
         remote = remote_of(top)
-        clone = Clone(top, git_dir, git.find_common_dir(top), {}, remote, find_url(top, remote), "")
+        clone = Clone(top, git_dir, common, {}, remote, find_url(top, remote), "")
         watcher = Watcher(live, clone._replace(branch=current_branch(clone)),
                           as_path or DEFAULT_AS, interval=interval, debounce=debounce,
                           stopping=stopping, log=log)  # fmt: skip
