@@ -445,14 +445,8 @@ class _Merger:
         return self._combine(key, o, a, b)
 
     def _same(self, key: Key, x: bytes, y: bytes) -> bool:
-        """Whether a record was left as it was, for a deletion on the other side to win.
-
-        Fields whose name starts with "_" are a writer's bookkeeping
-        (mcp-think-tank re-stamps ``_savedAt`` on every record at every
-        save): a record that changed only there was not edited, and must not
-        undo the other side's deletion of it.
-        """
-        return encode(_unkept(self.value(key, x))) == encode(_unkept(self.value(key, y)))
+        """Whether a record was left as it was, for a deletion on the other side to win."""
+        return encode(self.value(key, x)) == encode(self.value(key, y))
 
     def _combine(self, key: Key, o_raw: bytes | None, a_raw: bytes, b_raw: bytes) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
@@ -516,16 +510,6 @@ class _Merger:
         if won:
             self.report.decisions.append(Decision(key, won, lost, rule=_rule(stamp_a, stamp_b)))
         return merged
-
-
-def _unkept(value: Record) -> Record:
-    """A record without a writer's bookkeeping (fields named with a leading "_").
-
-    Not without this tool's stamps: a stamp that changed or went away dates
-    an edit (the laws count it as one), where ``_savedAt`` dates a save.
-    """
-    return {name: field for name, field in value.items()
-            if not name.startswith("_") or name in _METADATA}  # fmt: skip
 
 
 def _rule(stamp_a: Stamp | None, stamp_b: Stamp | None) -> str:
