@@ -72,6 +72,9 @@ class Place(NamedTuple):
     memory: Path
     clone: Clone
     as_path: str
+    # The file in each commit read so far: a backup reads the last-sync
+    # point's version in four steps, a megabyte's inflate each at 10k entities.
+    blobs: dict[str, bytes | None]
 
     @property
     def top(self) -> Path:
@@ -130,10 +133,13 @@ class Place(NamedTuple):
         return self.git_dir / f"crdt-merge-driver-seen.{self.ref().rsplit('/', 1)[-1]}"
 
     def blob(self, commit: str | None) -> bytes | None:
+        """The memory file in ``commit`` (an object id: what a commit holds never changes)."""
         if commit is None:
             return None
-        result = self.git("cat-file", "blob", f"{commit}:{self.as_path}", check=False)
-        return result.stdout if result.returncode == 0 else None
+        if commit not in self.blobs:
+            result = self.git("cat-file", "blob", f"{commit}:{self.as_path}", check=False)
+            self.blobs[commit] = result.stdout if result.returncode == 0 else None
+        return self.blobs[commit]
 
     def sync(
         self, *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO,
@@ -192,6 +198,7 @@ def backup(
             if fresh:
                 clock = HybridClock(machine, wall=wall)
                 ours = _commit_machine_version(place, base, live, clock, machine=machine,
+                                               seen=(tracking, head or tracking),
                                                allow_mass_delete=allow_mass_delete)  # fmt: skip
                 _integrate(place, ours)
                 # From here the live file (as read) is this commit, whatever happens
@@ -297,7 +304,7 @@ def _place(
     # Under sync's own lock for the whole round: a sync from cron and a
     # backup never work in one clone at once, nor two backups.
     with sync.prepared(top, remote=remote_of(top), log=log) as clone:
-        place = Place(live, clone, as_path or DEFAULT_AS)
+        place = Place(live, clone, as_path or DEFAULT_AS, {})
         try:
             yield place
         except InputError as error:
@@ -488,16 +495,18 @@ def _server_view(value: Record | None) -> bytes | None:
 
 def _commit_machine_version(
     place: Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str,
-    allow_mass_delete: bool,
+    seen: tuple[str | None, str | None], allow_mass_delete: bool,
 ) -> str:  # fmt: skip
-    """A commit holding this machine's version of the file, on top of ``base``."""
+    """A commit holding this machine's version of the file, on top of ``base``.
+
+    ``seen``: the remote's tip and HEAD (else the remote's tip), whose stamps the clock moves past.
+    """
     if base is not None and not allow_mass_delete:
         _check_deletions(place, place.blob(base) or b"", live)
-    tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
-    head = _head_or_none(place) or tracking
-    for seen in (place.blob(tracking), place.blob(head)):
-        if seen:
-            observe(clock, seen)
+    head = seen[1]
+    for data in map(place.blob, seen):
+        if data:
+            observe(clock, data)
     if base is not None:
         version = machine_version(place.blob(base) or b"", live, clock)
         return _commit_file(place, base, version, machine=machine)

@@ -14,6 +14,7 @@ from crdt_merge_driver import PROGRAM
 from crdt_merge_driver.clone import DRIVER_NAME, Clone, merge_attributes, read_blobs
 from crdt_merge_driver.codec import parse
 from crdt_merge_driver.errors import InputError, RefusedError
+from crdt_merge_driver.live import plain_keys
 from crdt_merge_driver.record import Key, describe
 
 
@@ -69,6 +70,8 @@ def passes(
 def _keys(path: str, data: bytes | None) -> set[Key]:
     if data is None:
         return set()  # deleted by the push
+    if (plain := plain_keys(data)) is not None:
+        return set(plain)  # parses, no record twice: known without another parse
     try:
         document = parse(data)
     except InputError as error:
@@ -91,6 +94,8 @@ def _remote_keys(data: bytes | None) -> set[Key]:
     # A damaged remote file counts no records: a push that repairs it is not a mass delete.
     if data is None:
         return set()
+    if (plain := plain_keys(data)) is not None:
+        return set(plain)
     try:
         return set(parse(data).keys)
     except InputError:

@@ -161,7 +161,7 @@ def _place(top: Path, memory: Path | None) -> Place:
     _, git_dir, common = install.find_folders(top)
     remote = remote_of(top)
     clone = Clone(top, git_dir, common, {}, remote, find_url(top, remote), "")
-    return Place(live, clone._replace(branch=current_branch(clone)), DEFAULT_AS)
+    return Place(live, clone._replace(branch=current_branch(clone)), DEFAULT_AS, {})
 
 
 def _last_move(place: Place, ref: str) -> str | None:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.live import machine_version, observe, records_of, server_form
+from crdt_merge_driver.live import (
+    _plain_records,
+    _read,
+    machine_version,
+    observe,
+    records_of,
+    server_form,
+)
 from tests.gitrepo import entity, jsonl, relation
+from tests.strategies import memory_files
+from tests.test_reader import _files
 
 STAMP = {"time": "2026-01-01T00:00:00.000000Z", "counter": 0, "host": "old"}
 
@@ -120,3 +131,31 @@ def test_observing_a_file_moves_the_clock_past_its_latest_stamp() -> None:
         clock = clock_at(0)
         observe(clock, source)
         assert clock.now() == Stamp(latest.micros, 4, "laptop")
+
+
+# Lines the plain reading must hand over to the general way, or read alike.
+_ODD_LINES = st.sampled_from([
+    b"", b" ", b'{"type":"entity","name":"\\ud83d","entityType":"t","observations":[]}',
+    b'{"type":"entity","name":"n","entityType":"t","observations":[12345678901234567890123]}',
+    b'{"type":"entity","name":"n","entityType":"t","observations":[]}',
+    b'{"type":"relation","from":"n","to":"m","relationType":"r"}', b'{"id":1}', b"[]", b"1",
+    b'{"type":"entity","name":"n","entityType":"t","observations":[]} {"id":2}',
+    b'{"type":"entity","name":"n","name":"m","entityType":"t","observations":[]}',
+])  # fmt: skip
+
+
+@st.composite
+def _odd_files(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(_ODD_LINES, max_size=5))
+    return b"\n".join(lines) + draw(st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]))
+
+
+@given(st.one_of(memory_files(), _files(), _odd_files()))
+def test_the_plain_reading_is_the_general_one_or_leaves_it_the_file(data: bytes) -> None:
+    plain = _plain_records(data)
+    try:
+        general = _read(data)
+    except InputError:
+        assert plain is None
+        return
+    assert plain is None or list(plain.items()) == list(general.items())
