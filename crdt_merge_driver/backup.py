@@ -17,6 +17,7 @@ docs/backup.md tells the flow step by step, with what happens on a fault.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import socket
@@ -44,8 +45,10 @@ from crdt_merge_driver.live import (
     server_form,
 )
 from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.pending import Queue
 from crdt_merge_driver.record import Key, Record, describe
 from crdt_merge_driver.value import dumps
+from crdt_merge_driver.verdict import Transient
 
 DEFAULT_AS = "memory.jsonl"
 SYNCED_REFS = "refs/crdt-merge-driver/synced/"
@@ -143,15 +146,19 @@ class Place(NamedTuple):
 
     def sync(
         self, *, attempts: int, deadline: float, sleep: Callable[[float], None], log: TextIO,
-        allow_mass_delete: bool = False,
+        allow_mass_delete: bool = False, fetched: bool = False,
     ) -> None:  # fmt: skip
-        """Land the local commits on the remote branch (the file itself is already committed)."""
+        """Land the local commits on the remote branch (the file itself is already committed).
+
+        ``fetched``: the branch was fetched just now; the first attempt builds on that.
+        """
         # Only the file backup committed; a clone that has none yet (a restore
         # before any backup) has nothing to commit at all: an empty list, which
         # sync reads as "commit nothing" (None would mean every memory file).
         mine = [self.top / self.as_path] if (self.top / self.as_path).exists() else []
         sync.land(self.clone, paths=mine, attempts=attempts, deadline=deadline, sleep=sleep,
-                  log=log, summary=False, allow_mass_delete=allow_mass_delete)  # fmt: skip
+                  log=log, summary=False, allow_mass_delete=allow_mass_delete,
+                  fetched=fetched)  # fmt: skip
 
     def ref(self, *, own: bool = False) -> str:
         """The last-sync point (what the live file reflects), or this machine's last own version."""
@@ -180,7 +187,8 @@ def backup(
             live = _read_or_none(place.memory)
             if live is None:
                 raise BackupError(f"memory file {place.memory} does not exist")
-            reached = _fetch(place)
+            fetched = _fetch(place)
+            reached = fetched is not _Fetched.NOT_REACHED
             synced, own, head, tracking = place.revs(
                 place.ref(), place.ref(own=True), "HEAD", place.tracking
             )
@@ -215,7 +223,8 @@ def backup(
             if fresh or (reached and head != tracking):
                 landed = "" if fresh else _left_unpushed(place, head, tracking)
                 place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log,
-                           allow_mass_delete=allow_mass_delete)  # fmt: skip
+                           allow_mass_delete=allow_mass_delete,
+                           fetched=fetched is _Fetched.BRANCH)  # fmt: skip
                 head = None
             tip = head or _head(place)
             if not restore:
@@ -435,17 +444,25 @@ def _read_or_none(memory: Path) -> bytes | None:
         return None
 
 
-def _fetch(place: Place) -> bool:
-    """Fetch the remote; whether it answered.
+def _fetch(place: Place) -> _Fetched:
+    """Fetch the branch and its queue, as sync's first attempt would; what came of it.
 
     Best effort: the stamps already pushed make this machine's clock move
-    past them; sync fetches again (and retries) before it pushes.
+    past them. Sync's first attempt builds on this fetch (a round trip
+    less); if another machine pushed since, its push is refused and the next
+    attempt fetches again.
     """
     try:
-        result = place.git("fetch", "--quiet", place.remote, check=False, timeout=_FETCH_TIMEOUT)
-    except GitError:  # timed out
-        return False
-    return result.returncode == 0
+        found = sync.fetch(place.clone, _FETCH_TIMEOUT, Queue(place.clone))
+    except (Transient, CrdtError):  # unreachable, timed out, refused
+        return _Fetched.NOT_REACHED
+    return _Fetched.BRANCH if found else _Fetched.NO_BRANCH
+
+
+class _Fetched(enum.Enum):
+    NOT_REACHED = "the remote did not answer"
+    NO_BRANCH = "the remote has no such branch yet"
+    BRANCH = "the branch is fetched"
 
 
 def _left_unpushed(place: Place, head: str | None, tracking: str | None) -> str:

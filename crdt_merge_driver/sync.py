@@ -162,19 +162,20 @@ def land(
     clone: Clone, *, paths: Sequence[Path] | None = None, message: str | None = None,
     attempts: int = 30, deadline: float = 300.0, allow_mass_delete: bool = False,
     sleep: Callable[[float], None] = time.sleep, log: TextIO = sys.stderr,
-    since: tuple[float, float] | None = None, summary: bool = True,
+    since: tuple[float, float] | None = None, summary: bool = True, fetched: bool = False,
 ) -> SyncResult:  # fmt: skip
     """In a `prepared` clone: commit ``paths`` (None: every changed memory file), then push.
 
     ``since``: the wall and CPU clocks when the caller began, to tell how long
     its git commands waited for a CPU (the first wait on a busy machine).
+    ``fetched``: the caller has just fetched the branch and its queue (`fetch`).
     """
     began, spent = since or (time.monotonic(), _cpu_seconds())
     commit(clone, paths, message, log)
     crowd = time.monotonic() - began - (_cpu_seconds() - spent)
     return push_until_landed(
         clone, attempts=attempts, deadline=deadline, allow_mass_delete=allow_mass_delete,
-        sleep=sleep, log=log, crowd=crowd, summary=summary,
+        sleep=sleep, log=log, crowd=crowd, summary=summary, fetched=fetched,
     )  # fmt: skip
 
 
@@ -200,12 +201,15 @@ def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
 def push_until_landed(
     clone: Clone, *, attempts: int, deadline: float, allow_mass_delete: bool,
     sleep: Callable[[float], None], log: TextIO, clock: Clock = time.monotonic,
-    crowd: float = 0.0, summary: bool = True,
+    crowd: float = 0.0, summary: bool = True, fetched: bool = False,
 ) -> SyncResult:  # fmt: skip
     """The attempts, under the retry policy; ``crowd``: seconds sync so far waited for a CPU.
 
     ``summary``: its last line is the command's summary (False when backup, which
-    says its own, runs it).
+    says its own, runs it). ``fetched``: the branch and its queue were fetched
+    just now, so the first attempt pushes without fetching again (a round trip
+    less); had another machine pushed since, that push is refused, and the
+    next attempt fetches.
     """
     started = clock()
     number = 0
@@ -243,7 +247,7 @@ def push_until_landed(
                 try:
                     pushed = attempt_once(
                         clone, number, remaining, allow_mass_delete=allow_mass_delete, log=log,
-                        memo=memo, queue=queue,
+                        memo=memo, queue=queue, fetched=fetched and number == 1,
                     )  # fmt: skip
                 except Transient as failure:
                     # Waiting in the queue, the next push lands these commits: no need
@@ -277,10 +281,13 @@ def push_until_landed(
 
 def attempt_once(
     clone: Clone, number: int, timeout: Callable[[], float], *, allow_mass_delete: bool,
-    log: TextIO, memo: Memo, queue: Queue,
+    log: TextIO, memo: Memo, queue: Queue, fetched: bool = False,
 ) -> str | None:  # fmt: skip
-    """Fetch, replay or rebase, check, push once; the commit pushed, or None if nothing to."""
-    fetched = fetch(clone, timeout(), queue)
+    """Fetch, replay or rebase, check, push once; the commit pushed, or None if nothing to.
+
+    ``fetched``: the branch and its queue were fetched just now; no fetch first.
+    """
+    fetched = fetched or fetch(clone, timeout(), queue)
     head, remote_tip = _revisions(clone, "HEAD", clone.tracking if fetched else None)
     if head is None:  # an unborn branch with nothing committed (cloned before the first push)
         _take(clone, remote_tip)

@@ -873,3 +873,69 @@ def test_a_backup_that_pushes_what_an_earlier_run_left_says_so(
     assert line.startswith(f"crdt-merge-driver: nothing new in {laptop.live}"), line
     assert line.endswith("; pushed 1 commit an earlier run left"), line
     assert "found a bug" in remote_graph(remote)[0]["Ada"][1]
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+def traced(laptop: Machine, *args: str) -> tuple[subprocess.CompletedProcess[bytes], list[str]]:
+    """``laptop.run(args)`` with git's own trace: the git commands run, in order."""
+    trace = laptop.live.parent / "git-trace"
+    trace.unlink(missing_ok=True)
+    result = gitrepo.cli(*args, cwd=laptop.live.parent,
+                         env={**laptop.env(), "GIT_TRACE": str(trace)})  # fmt: skip
+    built_in = [line.split("trace: built-in: ", 1)[1] for line in trace.read_text().splitlines()
+                if "trace: built-in: " in line]  # fmt: skip
+    return result, built_in
+
+
+def test_a_backup_of_one_change_fetches_once_and_pushes_once(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    laptop.server.add_observations([observe("Ada", "one change")])
+
+    result, commands = traced(laptop, "backup")
+
+    ok(result)
+    assert len([line for line in commands if line.startswith("git fetch")]) == 1, commands
+    assert len([line for line in commands if line.startswith("git push")]) == 1, commands
+    assert "one change" in orjson.dumps(remote_record(remote, "Ada")).decode()
+
+
+def test_a_push_landing_between_the_backups_fetch_and_its_push_costs_one_more_attempt(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    desktop = machine(tmp_path, remote, memory_server_factory, "desktop")
+    desktop.restore()
+    desktop.server.create_entities([new("From desktop", "note", "pushed meanwhile")])
+    laptop.server.add_observations([observe("Ada", "from the laptop")])
+    # The laptop's backup merges its own commit after its fetch and before its push:
+    # there, once, the desktop's backup lands (a hook, so exactly in that window).
+    hook = laptop.clone / ".git" / "hooks" / "post-merge"
+    once = laptop.clone / ".git" / "desktop-pushes-once"
+    once.touch()
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"[ -e {once} ] || exit 0\n"
+        f"rm {once}\n"
+        "unset GIT_DIR GIT_INDEX_FILE GIT_WORK_TREE GIT_PREFIX\n"
+        f"MEMORY_FILE_PATH={desktop.live} REPO_DIR={desktop.clone} CRDT_MERGE_DRIVER_HOST=desktop"
+        f" {' '.join(gitrepo.CLI)} backup -q >{tmp_path / 'desktop.log'} 2>&1\n"
+    )
+    hook.chmod(0o755)
+
+    result = laptop.run("backup", "-v")
+
+    ok(result)
+    assert not once.exists(), "the hook never ran: the window was not reached"
+    said = result.stderr.decode()
+    assert "sync attempt 1" in said and "sync attempt 2: pushed" in said, said
+    entities, _ = remote_graph(remote)
+    assert "From desktop" in entities and "from the laptop" in entities["Ada"][1]
+    assert "From desktop" in laptop.graph()[0]  # and the restore brought it
