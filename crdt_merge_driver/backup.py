@@ -28,26 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from crdt_merge_driver import PROGRAM, git, install, sync
+from crdt_merge_driver import PROGRAM, git, install, session
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
 from crdt_merge_driver.clock import HybridClock
 from crdt_merge_driver.clone import Clone, read_objects, say
-from crdt_merge_driver.envelope import is_object_file
-from crdt_merge_driver.errors import CrdtError, GitError, InputError, RefusedError
-from crdt_merge_driver.live import (
-    SERVER_TYPES,
-    first_foreign_line,
-    graph_of,
-    machine_version,
-    observe,
-    records_of,
-    same_graph,
-    server_form,
-)
-from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.errors import CrdtError, InputError, RefusedError
 from crdt_merge_driver.pending import Queue
-from crdt_merge_driver.record import Key, Record, describe
-from crdt_merge_driver.value import dumps
 from crdt_merge_driver.verdict import Transient
 
 DEFAULT_AS = "memory.jsonl"
@@ -155,6 +141,8 @@ class Place(NamedTuple):
         # Only the file backup committed; a clone that has none yet (a restore
         # before any backup) has nothing to commit at all: an empty list, which
         # sync reads as "commit nothing" (None would mean every memory file).
+        from crdt_merge_driver import sync  # the push loop: only when there is one to run
+
         mine = [self.top / self.as_path] if (self.top / self.as_path).exists() else []
         sync.land(self.clone, paths=mine, attempts=attempts, deadline=deadline, sleep=sleep,
                   log=log, summary=False, allow_mass_delete=allow_mass_delete,
@@ -198,17 +186,16 @@ def backup(
             if synced is not None and place.seen() == _Seen(synced, _digest(live)):
                 fresh = False
             else:
-                _checked(place.memory, live)
-                _check_tracked(place)
-                base = _base(place, live, synced, own, log)
-                fresh = base is None or not same_graph(place.blob(base) or b"", live)
+                from crdt_merge_driver import versions  # a file to read: see versions.py
+
+                base, fresh = versions.read_live(place, live, synced, own, log)
             holds = base  # a commit whose memory the live file holds, if one is known
             if fresh:
                 clock = HybridClock(machine, wall=wall)
-                ours = _commit_machine_version(place, base, live, clock, machine=machine,
+                ours = versions.commit_version(place, base, live, clock, machine=machine,
                                                seen=(tracking, head or tracking),
                                                allow_mass_delete=allow_mass_delete)  # fmt: skip
-                _integrate(place, ours)
+                versions.integrate(place, ours)
                 # From here the live file (as read) is this commit, whatever happens
                 # next: a later backup builds on it, so a deletion made after a
                 # failed push is a deletion, not an echo of this commit.
@@ -265,20 +252,24 @@ def restore(
     log: TextIO = sys.stderr,
 ) -> BackupResult:
     """Write the repository's merged memory into the live file (a new machine starts here)."""
+    from crdt_merge_driver import versions  # there is a file to read: see versions.py
+
     with _place(memory, repo, as_path, log, need_live=False) as place:
         place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log)
         tip = _head(place)
-        _check_tracked(place)
+        check_tracked(place)
         if place.blob(tip) is None:
             raise BackupError(f"nothing to restore: {place.as_path} is not in {place.top} yet")
         current = _read_or_none(place.memory)
-        if current is not None and not _restorable(place, _checked(place.memory, current), tip):
+        if current is not None and not versions.restorable(
+            place, versions.checked(place.memory, current), tip
+        ):
             raise RefusedError(
                 f"{place.memory} has memory that is not backed up yet; run "
                 f"`{PROGRAM} backup` instead (it merges, where restore would overwrite)"
             )
         try:
-            wrote = _write_live(place, tip, expect=current)
+            wrote = versions.write_live(place, tip, expect=current)
         except ChangedMeanwhile:
             raise RefusedError(
                 f"the memory server wrote {place.memory} while restoring; it was left alone: "
@@ -302,7 +293,8 @@ def _place(
     *, need_live: bool = True,
 ) -> Iterator[Place]:  # fmt: skip
     folder = repo or _env_path("REPO_DIR") or Path.cwd()
-    top = install.find_toplevel(folder)
+    folders = install.find_folders(folder)
+    top = folders[0]
     live = live_path(memory, top)
     given = _which_path(memory, top)
     if need_live and not live.is_file():
@@ -312,21 +304,21 @@ def _place(
                           f"(create it first, or {given})")  # fmt: skip
     # Under sync's own lock for the whole round: a sync from cron and a
     # backup never work in one clone at once, nor two backups.
-    with sync.prepared(top, remote=remote_of(top), log=log) as clone:
+    with session.prepared(top, remote=remote_of(top), log=log, folders=folders) as clone:
         place = Place(live, clone, as_path or DEFAULT_AS, {})
         try:
             yield place
         except InputError as error:
             # The live file is checked on its own (records_in): this is the
             # repository's file, which a link or a submodule is not.
-            _check_tracked(place)
+            check_tracked(place)
             raise error.located(f"{place.as_path} in {place.top}") from None
 
 
 _LINK, _SUBMODULE = "120000", "160000"
 
 
-def _check_tracked(place: Place) -> None:
+def check_tracked(place: Place) -> None:
     """`BackupError` if the repository holds the memory path as a link or a submodule.
 
     Read as a file, a link is its target's name ("not JSON") and a submodule
@@ -393,50 +385,6 @@ def remote_of(top: Path) -> str:
 # --- steps ------------------------------------------------------------------------
 
 
-def _checked(memory: Path, data: bytes) -> bytes:
-    """``data``, once it is known to be a memory file (else a one-line error naming it)."""
-    records_in(memory, data)
-    return data
-
-
-def records_in(memory: Path, data: bytes) -> dict[Key, Record]:
-    """The records of the live file ``memory``; `BackupError` naming it if it is not one.
-
-    A live file is what the official memory server reads and writes: its
-    entity and relation records, nothing else. A file another writer keeps
-    (a header line, records tagged ``_type`` or untagged, one JSON object)
-    is refused, not read: backup would not see its changes, and restore
-    would write what that writer cannot load (docs/formats.md).
-    """
-    if _is_object_file(data):  # at a glance for the server's files: `{"type":` first
-        raise BackupError(_FOREIGN.format(f"{memory}, line 1", "one JSON object"))
-    try:
-        records = records_of(data)
-    except InputError as error:
-        # The located error names the file (and line) already: once is enough.
-        raise BackupError(f"not a memory file: {error.located(str(memory))}") from None
-    for key, value in records.items():
-        if value.get("type") not in SERVER_TYPES:
-            where = f"{memory}, line {first_foreign_line(data)}"
-            what = (f"a record of type {dumps(value['type']).decode()}" if "type" in value
-                    else f'{describe(key)} has no "type" field')  # fmt: skip
-            raise BackupError(_FOREIGN.format(where, what))
-    return records
-
-
-_FOREIGN = (
-    "{}: {}: not the official memory server's format; backup and restore keep that "
-    "format only (for another writer's file, commit it with git: the driver merges it)"
-)
-
-
-def _is_object_file(data: bytes) -> bool:
-    try:
-        return is_object_file(data)
-    except InputError:
-        return True  # one JSON object, in a layout no writer is known for
-
-
 def _read_or_none(memory: Path) -> bytes | None:
     try:
         return memory.read_bytes()
@@ -453,7 +401,7 @@ def _fetch(place: Place) -> _Fetched:
     attempt fetches again.
     """
     try:
-        found = sync.fetch(place.clone, _FETCH_TIMEOUT, Queue(place.clone))
+        found = session.fetch(place.clone, _FETCH_TIMEOUT, Queue(place.clone))
     except (Transient, CrdtError):  # unreachable, timed out, refused
         return _Fetched.NOT_REACHED
     return _Fetched.BRANCH if found else _Fetched.NO_BRANCH
@@ -478,91 +426,6 @@ def _nothing_new(place: Place, base: str | None, then: str) -> str:
     return f"nothing new in {place.memory} since {(base or '')[:12]}; {then}"
 
 
-def _base(
-    place: Place, live: bytes, synced: str | None, own: str | None, log: TextIO
-) -> str | None:
-    """What the live file was last made from: the last-sync point, as a rule.
-
-    The exception: a tool call that read the live file before a restore
-    replaced it, and saved after, puts the server's older view back. Then
-    none of what the restore brought is in the live file, and building on
-    the last-sync point would delete it all; building on this machine's own
-    last version does not.
-    """
-    if synced is None or own is None or own == synced:
-        return synced
-    restored, before = records_of(place.blob(synced) or b""), records_of(place.blob(own) or b"")
-    brought = [key for key in restored.keys() | before.keys()
-               if _server_view(restored.get(key)) != _server_view(before.get(key))]  # fmt: skip
-    if not brought:
-        return synced
-    now = records_of(live)
-    seen = any(_server_view(now.get(key)) == _server_view(restored.get(key)) for key in brought)
-    if seen:
-        return synced
-    say(log, f"warning: the last restore of {place.memory} was overwritten by the memory server; "
-              "backing up on top of this machine's previous backup instead")  # fmt: skip
-    return own
-
-
-def _server_view(value: Record | None) -> bytes | None:
-    # A record the server cannot hold is never in the live file: as absent as no record.
-    return None if value is None else server_form(dumps(value)) or None
-
-
-def _commit_machine_version(
-    place: Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str,
-    seen: tuple[str | None, str | None], allow_mass_delete: bool,
-) -> str:  # fmt: skip
-    """A commit holding this machine's version of the file, on top of ``base``.
-
-    ``seen``: the remote's tip and HEAD (else the remote's tip), whose stamps the clock moves past.
-    """
-    if base is not None and not allow_mass_delete:
-        _check_deletions(place, place.blob(base) or b"", live)
-    head = seen[1]
-    for data in map(place.blob, seen):
-        if data:
-            observe(clock, data)
-    if base is not None:
-        version = machine_version(place.blob(base) or b"", live, clock)
-        return _commit_file(place, base, version, machine=machine)
-    # A first backup has no point of last sync: it may only add. Its version
-    # adopts what the repository already says of a record, and merges with it
-    # as add/add (an empty ancestor), so nothing there is deleted or undone.
-    here = place.blob(head) or b""
-    version, _ = merge_bytes(b"", here, machine_version(here, live, clock, adopt=True))
-    return _commit_file(place, head, version, machine=machine)
-
-
-def _commit_file(place: Place, parent: str | None, data: bytes, *, machine: str) -> str:
-    index = place.git_dir / f"crdt-merge-driver-backup.{os.getpid()}.index"
-    scratch = {"GIT_INDEX_FILE": str(index)}
-    try:
-        if parent is not None:
-            place.git("read-tree", parent, env=scratch)
-        blob = place.git("hash-object", "-w", "--stdin", stdin=data).stdout.decode().strip()
-        place.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{place.as_path}",
-                  env=scratch)  # fmt: skip
-        tree = place.git("write-tree", env=scratch).stdout.decode().strip()
-    finally:
-        index.unlink(missing_ok=True)
-    message = f"backup {place.as_path} from {machine}"
-    parents = ["-p", parent] if parent else []
-    return place.git("commit-tree", tree, *parents, "-m", message).stdout.decode().strip()
-
-
-def _integrate(place: Place, commit: str) -> None:
-    """Merge the machine's commit into the branch (the driver merges the file)."""
-    result = place.git("merge", "--quiet", "--no-edit", commit, check=False)
-    if result.returncode != 0:
-        place.git("merge", "--abort", check=False)
-        raise GitError(
-            f"could not merge this machine's {place.as_path} into {place.branch}: "
-            f"{result.stderr.strip() or result.stdout.decode().strip()}"
-        )
-
-
 def _head(place: Place) -> str:
     head = _head_or_none(place)
     tracking = place.rev(f"refs/remotes/{place.remote}/{place.branch}")
@@ -580,60 +443,17 @@ def _head_or_none(place: Place) -> str | None:
     return place.rev("HEAD")
 
 
-def _restorable(place: Place, current: bytes, tip: str) -> bool:
-    """Restoring loses nothing: the live file holds no record the last sync or the tip lacks.
+def _write_live(place: Place, tip: str, *, expect: bytes, holds: str | None) -> bytes | None:
+    """`versions.write_live`, unless the live file is known to hold the tip (``holds``).
 
-    Empty, what was last synced, the tip, or a part of either (records
-    deleted since, which a restore brings back: what a refused mass
-    deletion asks for, `_check_deletions`).
+    Known (the commit its memory is, is the tip), nothing is read or written:
+    an idle run with nothing newer on the remote.
     """
-    live = graph_of(current)
-    if not live:
-        return True
-    synced = place.blob(place.rev(place.ref()))
-    candidates = [data for data in (synced, place.blob(tip)) if data is not None]
-    return any(live.items() <= graph_of(data).items() for data in candidates)
-
-
-def _check_deletions(place: Place, synced: bytes, live: bytes) -> None:
-    """`RefusedError`, before anything is committed, if ``live`` deletes most of the memory.
-
-    The push guard refuses such a push too, but only after this machine has
-    committed the deletion, which every later backup and restore then tries
-    to push again. A live file emptied by accident (a new server, a reset)
-    must not get that far: refused here, a restore brings the memory back.
-    """
-    before, after = graph_of(synced), graph_of(live)
-    lost = len(before.keys() - after.keys())
-    if lost * 2 > len(before):
-        raise RefusedError(
-            f"{place.memory} holds {len(before) - lost} of the {len(before)} records it last "
-            f"synced: a backup would delete {lost} (more than half) from everyone's memory; "
-            f"nothing backed up or changed. If it was not meant, `{PROGRAM} restore` brings "
-            f"them back; if it was, `{PROGRAM} backup --allow-mass-delete`"
-        )
-
-
-def _write_live(
-    place: Place, tip: str, *, expect: bytes | None, holds: str | None = None
-) -> bytes | None:
-    """Write the tip's memory into the live file: the bytes written, or None if it holds it.
-
-    Already holding it (``holds``, the commit its memory is known to be, is
-    the tip; or the same graph in another line order or layout), the file is
-    left alone: the server reads the same memory, and an idle run writes
-    nothing.
-    """
-    if expect is not None and tip == holds:
+    if tip == holds:
         return None
-    merged = place.blob(tip)
-    assert merged is not None  # the tip holds the file: it was just merged or checked
-    if expect is not None and same_graph(merged, expect):
-        return None
-    mode = None if place.memory.exists() else 0o600  # a new memory file is private
-    data = server_form(merged)
-    write_atomic(place.memory, data, expect=expect, mode=mode)
-    return data
+    from crdt_merge_driver import versions  # a file to read: see versions.py
+
+    return versions.write_live(place, tip, expect=expect)
 
 
 def _move(place: Place, commit: str, *, own: bool = False, known: str | None = None) -> None:

@@ -18,10 +18,11 @@ one of their two versions, in line with HEAD (`recover`).
 
 from __future__ import annotations
 
+# Marks of a few bytes: the standard library's json, not orjson, whose import
+# (12 ms) an idle backup, which reads no mark, need not pay for.
+import json
 import os
 from typing import TextIO
-
-import orjson
 
 from crdt_merge_driver import PROGRAM
 from crdt_merge_driver.clone import Clone, say
@@ -51,7 +52,7 @@ def move_head(clone: Clone, old: str, new: str) -> bool:
     """HEAD from ``old`` to ``new`` and the work tree after it; False if a changed file is dirty."""
     mark = clone.git_dir / REPLAY_MARK
     mark.write_bytes(
-        orjson.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "old": old, "new": new})
+        json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "old": old, "new": new}).encode()
     )
     moved = False
     try:
@@ -87,9 +88,9 @@ def recover(clone: Clone, log: TextIO) -> None:
     if not mark.exists():
         return
     try:
-        left = orjson.loads(mark.read_bytes())
+        left = json.loads(mark.read_bytes())
         old, new = str(left["old"]), str(left["new"])
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         left, old, new = {}, "", ""
     clear_index_lock(clone.git_dir, left.get("pgid"), left="")  # killed inside read-tree
     versions = _differences(clone, old, new) if old and new else {}
@@ -144,4 +145,5 @@ def _blobs(clone: Clone, rev: str, paths: list[str]) -> dict[str, str]:
             meta, _, path = entry.partition(b"\t")
             found[path.decode("utf-8", "surrogateescape")] = meta.decode().split(" ")[2]
     return found
+
 

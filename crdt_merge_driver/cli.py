@@ -145,7 +145,7 @@ def _uninstall(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from crdt_merge_driver.install import doctor
+    from crdt_merge_driver.doctor import doctor
 
     diagnosis = doctor(repo=_repo(args), name=args.name)
     for line in diagnosis.lines:

@@ -19,7 +19,7 @@ import os
 import sys
 from contextlib import ExitStack, suppress
 
-from crdt_merge_driver import PROGRAM
+from crdt_merge_driver import KILL_SWITCH, PROGRAM
 from crdt_merge_driver.atomic import StrPath, write_atomic
 from crdt_merge_driver.document import Buffer
 from crdt_merge_driver.errors import ExitCode, GitError, InputError
@@ -32,7 +32,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TextIO
 
-KILL_SWITCH = "CRDT_MERGE_DRIVER_DISABLE"
 # Every input but an empty one (which cannot be mapped) is mapped rather than
 # read: the driver is a fresh process, and in a fresh process every page a
 # read() copies into is a page fault (about 2.5 us each on a VM: 3,100 of them

@@ -25,6 +25,9 @@ lands on its own, as before. docs/sync.md, "The queue", gives the reasons.
 
 from __future__ import annotations
 
+# Marks of a few bytes: the standard library's json, not orjson, whose import
+# (12 ms) an idle backup, which reads no mark, need not pay for.
+import json
 import os
 import re
 import secrets
@@ -32,8 +35,6 @@ import socket
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
-
-import orjson
 
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.clone import Clone, read_objects
@@ -89,8 +90,8 @@ class Queue:
     def resume(self) -> None:
         """Take up the place a sync interrupted while waiting left in this clone, if any."""
         try:
-            place = orjson.loads(self.mark.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            place = json.loads(self.mark.read_bytes())
+        except (OSError, ValueError):
             return
         if isinstance(place, dict) and place.get("ref", "").startswith(self.remote_prefix):
             self.mine, self.commit = str(place["ref"]), str(place.get("commit"))
@@ -147,7 +148,7 @@ class Queue:
     def joined(self, name: str, commit: str) -> None:
         self.mine, self.commit = name, commit
         self.waited, self.seen = 0.0, False
-        write_atomic(self.mark, orjson.dumps({"ref": name, "commit": commit}))
+        write_atomic(self.mark, json.dumps({"ref": name, "commit": commit}).encode())
 
     def leader(self, waiting: dict[str, str]) -> str | None:
         """The waiting ref whose sync should land the queue, if not this one's; None: land.
@@ -221,3 +222,4 @@ def _made(ref: str, prefix: str) -> str:
 
 def _escape(name: str) -> str:
     return name.replace("%", "%25").replace("/", "%2F")
+

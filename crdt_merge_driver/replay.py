@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from crdt_merge_driver import PROGRAM
+from crdt_merge_driver import KILL_SWITCH, PROGRAM
 from crdt_merge_driver.clone import (
     DRIVER_NAME,
     Clone,
@@ -41,7 +41,6 @@ from crdt_merge_driver.clone import (
     merge_attributes,
     read_objects,
 )
-from crdt_merge_driver.driver import KILL_SWITCH
 from crdt_merge_driver.errors import GitError, InputError, RefusedError
 from crdt_merge_driver.merge import merge_bytes
 from crdt_merge_driver.rebase import refuse_damaged

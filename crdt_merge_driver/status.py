@@ -15,19 +15,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from crdt_merge_driver import PROGRAM, git, install, schedule
-from crdt_merge_driver.backup import (
-    DEFAULT_AS,
-    MEMORY_KEY,
-    Place,
-    live_path,
-    records_in,
-    remote_of,
-)
+from crdt_merge_driver.backup import DEFAULT_AS, MEMORY_KEY, Place, live_path, remote_of
 from crdt_merge_driver.clone import Clone, current_branch, find_url
+from crdt_merge_driver.doctor import doctor
 from crdt_merge_driver.errors import CrdtError, ExitCode, GitError
 from crdt_merge_driver.live import same_graph
 from crdt_merge_driver.pending import Queue
-from crdt_merge_driver.sync import Transient, fetch
+from crdt_merge_driver.session import fetch
+from crdt_merge_driver.verdict import Transient
+from crdt_merge_driver.versions import records_in
 
 _FETCH_TIMEOUT = 30.0
 
@@ -79,7 +75,7 @@ def status(
     top = find_clone(repo)
     place = _place(top, memory)
     clone = place.clone
-    diagnosis = install.doctor(repo=top, name=install.DEFAULT_NAME)
+    diagnosis = doctor(repo=top, name=install.DEFAULT_NAME)
     synced, own = place.rev(place.ref()), place.rev(place.ref(own=True))
     at_sync = place.blob(synced) or b""
     queue = Queue(clone)

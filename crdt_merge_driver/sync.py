@@ -21,21 +21,17 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from crdt_merge_driver import PROGRAM, checkout, early, git, install
+from crdt_merge_driver import PROGRAM, checkout, early, git
 from crdt_merge_driver.clone import (
     ATTRIBUTES,
     Clone,
     SyncError,
-    check_idle,
     commit,
-    current_branch,
     driver_environment,
-    find_url,
     read_objects,
     say,
 )
@@ -43,7 +39,7 @@ from crdt_merge_driver.errors import CrdtError, GaveUpError, GitError
 from crdt_merge_driver.guard import check_files, check_push, passes
 from crdt_merge_driver.lock import LOCK, lock
 from crdt_merge_driver.pending import Queue, Record
-from crdt_merge_driver.rebase import REBASE_MARK, rebase, recover
+from crdt_merge_driver.rebase import REBASE_MARK, rebase
 from crdt_merge_driver.replay import Files, Memo, authorship, replay, replayable
 from crdt_merge_driver.retry import (
     WAIT_FIRST,
@@ -53,7 +49,8 @@ from crdt_merge_driver.retry import (
     WAIT_MAX,
     retrying,
 )
-from crdt_merge_driver.verdict import MISSING_BRANCH, NO_ATOMIC, Transient, classify, refused
+from crdt_merge_driver.session import fetch, network, prepared, recover_interrupted
+from crdt_merge_driver.verdict import NO_ATOMIC, Transient, classify, refused
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
 __all__ = [
@@ -135,29 +132,6 @@ def sync(
         )  # fmt: skip
 
 
-@contextmanager
-def prepared(
-    repo: Path, *, remote: str = "origin", branch: str | None = None, log: TextIO = sys.stderr,
-    aside: bool = True,
-) -> Iterator[Clone]:  # fmt: skip
-    """The clone, ready to sync, for as long as the block runs.
-
-    Under the clone's lock, with the driver supplied to every git command,
-    after finishing what a killed sync left, and never in the middle of the
-    user's own merge or rebase. `sync` runs in it; `backup` runs its whole
-    round in it, so a sync from cron and a backup never work in one clone at
-    once. ``aside``: an untracked ``.gitattributes`` waits out of git's way (`early`).
-    """
-    top, git_dir, common = install.find_folders(repo)
-    with lock(git_dir, log), early.set_aside(top, git_dir, log, active=aside), \
-            driver_environment(top, git_dir) as env:  # fmt: skip
-        clone = Clone(top, git_dir, common, env, remote, find_url(top, remote), "")
-        recover(clone, log)
-        checkout.recover(clone, log)
-        check_idle(clone)
-        yield clone._replace(branch=branch or current_branch(clone))
-
-
 def land(
     clone: Clone, *, paths: Sequence[Path] | None = None, message: str | None = None,
     attempts: int = 30, deadline: float = 300.0, allow_mass_delete: bool = False,
@@ -183,19 +157,6 @@ def _cpu_seconds() -> float:
     """CPU time used by this process and the git commands it waited for."""
     used = os.times()
     return used.user + used.system + used.children_user + used.children_system
-
-
-def recover_interrupted(*, repo: Path, log: TextIO = sys.stderr) -> None:
-    """Finish what a killed sync left in ``repo`` (a rebase, a replay), under sync's lock.
-
-    `sync` does this itself; this is for callers (backup) that look at HEAD
-    before they call `sync`, and would otherwise find it detached mid-rebase.
-    """
-    top, git_dir, common = install.find_folders(repo)
-    with lock(git_dir, log):
-        clone = Clone(top, git_dir, common, {}, "", "", "")
-        recover(clone, log)
-        checkout.recover(clone, log)
 
 
 def push_until_landed(
@@ -524,7 +485,7 @@ class _Withdrawn(enum.Enum):
 def _withdraw(clone: Clone, ref: str, commit: str, timeout: float, log: TextIO) -> _Withdrawn:
     """Take a ref out of the queue (leased on its commit); what became of it."""
     try:
-        result = _network(clone, "push", "--quiet", f"--force-with-lease={ref}:{commit}",
+        result = network(clone, "push", "--quiet", f"--force-with-lease={ref}:{commit}",
                           clone.remote, f":{ref}", timeout=timeout)  # fmt: skip
     except Transient as failure:  # timed out: outside the retry loop, one line like the rest
         result = git.Result(-1, b"", failure.reason)
@@ -555,7 +516,7 @@ def _join(clone: Clone, queue: Queue, head: str, *, timeout: float, log: TextIO)
         return
     name = queue.new_name()
     try:
-        result = _network(clone, "push", "--quiet", clone.remote, f"{head}:{name}",
+        result = network(clone, "push", "--quiet", clone.remote, f"{head}:{name}",
                           timeout=timeout)  # fmt: skip
     except Transient as failure:  # timed out: outside the retry loop before the first attempt
         result = git.Result(-1, b"", failure.reason)
@@ -589,42 +550,6 @@ def _revisions(clone: Clone, first: str, second: str | None) -> tuple[str | None
 # --- the network ----------------------------------------------------------------
 
 
-def _network(clone: Clone, *args: str, timeout: float) -> git.Result:
-    try:
-        return clone.git(*args, check=False, timeout=timeout)
-    except GitError as error:
-        if error.returncode == -1:  # git.run's timeout
-            raise Transient(f"git {args[0]} timed out after {timeout:.0f}s") from None
-        raise
-
-
-def fetch(clone: Clone, timeout: float, queue: Queue | None = None) -> bool:
-    """Fetch the one branch (and its queue) into local refs; False if the remote has no branch."""
-    # A shallow clone may lack the merge base the rebase needs: fetch all of
-    # the branch's history, once (the shallow file goes with it).
-    shallow = (clone.common_dir / "shallow").exists()
-    # No housekeeping after each fetch (git maintenance --auto, a process
-    # every attempt): sync's own commit, like any git commit, still runs it.
-    args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-maintenance",
-            *(["--unshallow"] if shallow else [])]  # fmt: skip
-    refspecs = [f"+refs/heads/{clone.branch}:{clone.tracking}"]
-    refspecs += queue.refspecs() if queue else []
-    if len(refspecs) > 1:
-        args.append("--prune")  # a waiting ref that is gone: carried (if on record)
-    result = _network(clone, *args, clone.remote, *refspecs, timeout=timeout)
-    if result.returncode != 0:
-        if MISSING_BRANCH.search(result.stderr):
-            return False
-        verdict = classify(result.stderr)
-        if verdict.retry:
-            raise Transient(f"fetch failed: {verdict.reason}")
-        raise GitError(
-            f"cannot fetch {clone.branch} from {clone.remote} ({clone.url}): {verdict.reason}",
-            returncode=result.returncode, stderr=result.stderr,
-        )  # fmt: skip
-    return True
-
-
 def push(
     clone: Clone, head: str, timeout: float, carried: Mapping[str, str] | None = None, *,
     record: Record | None = None,
@@ -641,7 +566,7 @@ def push(
     if record is not None:
         leases.append(f"--force-with-lease={record.ref}:{record.old}")
         refspecs.append(f"{record.new}:{record.ref}")
-    result = _network(
+    result = network(
         clone, "push", "--quiet", *(["--atomic", *leases] if leases else []), clone.remote,
         f"{head}:refs/heads/{clone.branch}", *refspecs, timeout=timeout,
     )  # fmt: skip

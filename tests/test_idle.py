@@ -202,3 +202,22 @@ def test_an_idle_backup_leaves_the_clones_last_sync_ref_and_reflog_alone(
 
     assert gitrepo.git(laptop.clone, "for-each-ref", "refs/crdt-merge-driver/") == refs
     assert {path: path.read_bytes() for path in logs.rglob("*") if path.is_file()} == before
+
+
+def test_an_idle_backup_imports_nothing_that_reads_memory_files(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # A third of an idle run's time was importing what parses memory files
+    # (orjson under it); an idle run parses none (docs/benchmarks.md).
+    laptop = backed_up(tmp_path, remote, memory_server_factory)
+    laptop.backup()  # notes the bytes it synced
+
+    result = gitrepo.cli("backup", cwd=laptop.live.parent,
+                         env={**laptop.env(), "PYTHONPROFILEIMPORTTIME": "1"})  # fmt: skip
+
+    ok(result)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.decode().splitlines()
+                if line.startswith("import time:")}  # fmt: skip
+    assert "crdt_merge_driver.backup" in imported  # the trace is there
+    assert not imported & {"orjson", "crdt_merge_driver.live", "crdt_merge_driver.merge",
+                           "crdt_merge_driver.versions", "crdt_merge_driver.sync"}  # fmt: skip

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from crdt_merge_driver import git, probe
+from crdt_merge_driver.doctor import doctor
 from crdt_merge_driver.install import (
     DEFAULT_PATTERNS,
     InstallError,
-    doctor,
     driver_command,
     install,
     uninstall,
