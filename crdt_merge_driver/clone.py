@@ -69,7 +69,8 @@ def driver_environment(top: Path, git_dir: Path) -> Iterator[dict[str, str]]:
     The config goes in as GIT_CONFIG_COUNT/KEY/VALUE, git's environment form
     of ``git -c`` (same scope, and it reaches the git processes git starts).
     """
-    user = _user_attributes(top)
+    said = _settings(top)
+    user = _user_attributes(said.get("core.attributesfile"))
     ours = [f"# {PROGRAM} sync: the memory files merge with the driver"]
     ours += [f"{pattern} merge={DRIVER_NAME}" for pattern in install.DEFAULT_PATTERNS]
     separator = b"\n" if user and not user.endswith(b"\n") else b""
@@ -80,17 +81,37 @@ def driver_environment(top: Path, git_dir: Path) -> Iterator[dict[str, str]]:
         stream.write(user + separator + "\n".join(ours).encode() + b"\n")
     settings = {**install.driver_config(DRIVER_NAME), "core.attributesFile": str(attributes)}
     env = _config_env(settings)
-    env.update(identity(top))
+    env.update(identity(top, said))
     try:
         yield env
     finally:
         attributes.unlink(missing_ok=True)
 
 
-def _user_attributes(top: Path) -> bytes:
+# What driver_environment reads of the user's config: one git process, not one a key.
+_SETTINGS = r"^(core\.attributesfile|user\.name|user\.email)$"
+
+
+def _settings(top: Path) -> dict[str, str]:
+    """The settings `_SETTINGS` names (lower-case keys), the last value of each."""
+    said = git.run("config", "--type=path", "-z", "--get-regexp", _SETTINGS, cwd=top, check=False)
+    if said.returncode == 1:  # none of them set
+        return {}
+    if said.returncode != 0:  # a value that is no path (a name "~nobody"), a broken config
+        found = {key: git.read_config(key, cwd=top, path=key == "core.attributesfile")
+                 for key in ("core.attributesfile", "user.name", "user.email")}  # fmt: skip
+        return {key: value for key, value in found.items() if value is not None}
+    found: dict[str, str] = {}
+    for entry in said.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        key, _, value = entry.partition("\n")  # a key with no value at all has no "\n"
+        if key:
+            found[key] = value  # the last one wins, as for git
+    return found
+
+
+def _user_attributes(configured: str | None) -> bytes:
     # core.attributesFile from the command line replaces the user's own: keep its lines.
     # Unset in every scope, git reads $XDG_CONFIG_HOME/git/attributes.
-    configured = git.read_config("core.attributesFile", cwd=top, path=True)
     config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     path = Path(configured) if configured else Path(config_home) / "git" / "attributes"
     try:
@@ -109,13 +130,27 @@ def _config_env(settings: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def identity(top: Path) -> dict[str, str]:
-    """A default author and committer for sync's commits, only if git has none (CI)."""
+def identity(top: Path, said: Mapping[str, str]) -> dict[str, str]:
+    """A default author and committer for sync's commits, only if git has none (CI).
+
+    ``said``: `_settings`. A name and an e-mail there (or in git's variables)
+    are an identity, as git reads them; else git is asked (it may find one
+    in the system).
+    """
+    name = os.environ.get("GIT_COMMITTER_NAME") or said.get("user.name", "")
+    email = (os.environ.get("GIT_COMMITTER_EMAIL") or said.get("user.email")
+             or os.environ.get("EMAIL", ""))  # fmt: skip
+    if name.strip(_CRUD) and email.strip(_CRUD):
+        return {}
     if git.run("var", "GIT_COMMITTER_IDENT", cwd=top, check=False).returncode == 0:
         return {}
     name, email = PROGRAM, f"{PROGRAM}@{socket.gethostname()}"
     return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
             "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}  # fmt: skip
+
+
+# What git strips from the ends of a name or an e-mail: one made only of these is empty to it.
+_CRUD = " \t\n.,:;<>\"\\'"
 
 
 # --- where sync pushes, and whether it can start ------------------------------------

@@ -33,6 +33,7 @@ from crdt_merge_driver import git as git_module
 from crdt_merge_driver import lock as lock_module
 from crdt_merge_driver import rebase as rebase_module
 from crdt_merge_driver import replay as replay_module
+from crdt_merge_driver import session as session_module
 from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver import verdict as verdict_module
 from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
@@ -957,6 +958,18 @@ def test_an_identity_that_is_set_is_used(pair: tuple[Path, Path], origin: Path) 
     assert gitrepo.git(origin, "log", "-1", "--format=%an", "main").strip() == "Test Machine"
 
 
+def test_a_name_git_cannot_read_as_a_path_is_still_the_identity(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    # sync reads core.attributesFile and the identity in one `git config --type=path`,
+    # which fails on a value starting "~nobody/": it reads them one by one instead.
+    laptop, _ = pair
+    gitrepo.git(laptop, "config", "user.name", "~nobody-here/x")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    assert gitrepo.git(origin, "log", "-1", "--format=%an", "main").strip() == "~nobody-here/x"
+
+
 def test_a_shallow_single_branch_clone_syncs(
     tmp_path: Path, pair: tuple[Path, Path], origin: Path
 ) -> None:
@@ -999,13 +1012,15 @@ def test_git_missing_from_path_is_reported(
         run(pair[0])
 
 
+@pytest.mark.parametrize("spelled", ["absolute", "from home"])
 def test_the_attributes_file_keeps_the_users_lines(
-    pair: tuple[Path, Path], hermetic_seal: Path, tmp_path: Path
+    pair: tuple[Path, Path], hermetic_seal: Path, spelled: str
 ) -> None:
     laptop, _ = pair
-    custom = tmp_path / "my-attributes"
+    custom = hermetic_seal / "my-attributes"
     custom.write_text("*.txt diff=plain")  # no final newline
-    gitrepo.git(laptop, "config", "core.attributesFile", str(custom))
+    configured = str(custom) if spelled == "absolute" else "~/my-attributes"  # git expands ~
+    gitrepo.git(laptop, "config", "core.attributesFile", configured)
     with sync_module.driver_environment(laptop, laptop / ".git") as env:
         assert env["GIT_CONFIG_KEY_3"] == "core.attributesFile"
         written = Path(env["GIT_CONFIG_VALUE_3"]).read_text().splitlines()
@@ -1077,9 +1092,9 @@ def test_a_timeout_is_transient_and_other_git_errors_are_not() -> None:
             raise GitError("boom", returncode=self.returncode)
 
     with pytest.raises(Transient, match="git fetch timed out after 3s"):
-        sync_module._network(Failing(-1), "fetch", timeout=3)  # type: ignore[arg-type]
+        session_module.network(Failing(-1), "fetch", timeout=3)  # type: ignore[arg-type]
     with pytest.raises(GitError, match="boom"):
-        sync_module._network(Failing(0), "fetch", timeout=3)  # type: ignore[arg-type]
+        session_module.network(Failing(0), "fetch", timeout=3)  # type: ignore[arg-type]
 
 
 def test_unchanged_paths_make_no_commit(pair: tuple[Path, Path]) -> None:
