@@ -98,9 +98,9 @@ def _settings(top: Path) -> dict[str, str]:
     if said.returncode == 1:  # none of them set
         return {}
     if said.returncode != 0:  # a value that is no path (a name "~nobody"), a broken config
-        found = {key: git.read_config(key, cwd=top, path=key == "core.attributesfile")
-                 for key in ("core.attributesfile", "user.name", "user.email")}  # fmt: skip
-        return {key: value for key, value in found.items() if value is not None}
+        each = {key: git.read_config(key, cwd=top, path=key == "core.attributesfile")
+                for key in ("core.attributesfile", "user.name", "user.email")}  # fmt: skip
+        return {key: value for key, value in each.items() if value is not None}
     found: dict[str, str] = {}
     for entry in said.stdout.decode("utf-8", "surrogateescape").split("\0"):
         key, _, value = entry.partition("\n")  # a key with no value at all has no "\n"
