@@ -30,7 +30,6 @@ from typing import NamedTuple, TextIO
 
 from crdt_merge_driver import PROGRAM, git, install, session
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
-from crdt_merge_driver.clock import HybridClock
 from crdt_merge_driver.clone import Clone, read_objects, say
 from crdt_merge_driver.errors import CrdtError, InputError, RefusedError
 from crdt_merge_driver.pending import Queue
@@ -191,8 +190,7 @@ def backup(
                 base, fresh = versions.read_live(place, live, synced, own, log)
             holds = base  # a commit whose memory the live file holds, if one is known
             if fresh:
-                clock = HybridClock(machine, wall=wall)
-                ours = versions.commit_version(place, base, live, clock, machine=machine,
+                ours = versions.commit_version(place, base, live, machine=machine, wall=wall,
                                                seen=(tracking, head or tracking),
                                                allow_mass_delete=allow_mass_delete)  # fmt: skip
                 versions.integrate(place, ours)

@@ -9,11 +9,13 @@ common case, reads no memory file, and importing what reads them (`live`,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from crdt_merge_driver import PROGRAM
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.backup import BackupError, check_tracked
+from crdt_merge_driver.clock import HybridClock
 from crdt_merge_driver.clone import say
 from crdt_merge_driver.envelope import is_object_file
 from crdt_merge_driver.errors import GitError, InputError, RefusedError
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from crdt_merge_driver.backup import Place
-    from crdt_merge_driver.clock import HybridClock
 
 
 def read_live(
@@ -128,15 +129,18 @@ def _server_view(value: Record | None) -> bytes | None:
 
 
 def commit_version(
-    place: Place, base: str | None, live: bytes, clock: HybridClock, *, machine: str,
+    place: Place, base: str | None, live: bytes, *, machine: str, wall: Callable[[], float],
     seen: tuple[str | None, str | None], allow_mass_delete: bool,
 ) -> str:  # fmt: skip
     """A commit holding this machine's version of the file, on top of ``base``.
 
-    ``seen``: the remote's tip and HEAD (else the remote's tip), whose stamps the clock moves past.
+    New stamps come from ``machine``'s hybrid clock over ``wall``, once it has
+    moved past the stamps in ``seen``: the remote's tip and HEAD (else the
+    remote's tip).
     """
     if base is not None and not allow_mass_delete:
         _check_deletions(place, place.blob(base) or b"", live)
+    clock = HybridClock(machine, wall=wall)
     head = seen[1]
     for data in map(place.blob, seen):
         if data:
