@@ -442,6 +442,19 @@ class _Merger:
             return b
         if b == o:
             return a
+        # Both differ from the ancestor's bytes. A side that only laid the record
+        # out otherwise (key order, spacing, escapes) left it as it was, as it
+        # does against a deletion: the other side's change wins whole, in its
+        # own bytes, as it would merged with the ancestor itself. Otherwise the
+        # result would depend on whether that side met the change or a
+        # deletion first (merge-rules.md, "Layout").
+        same_a, same_b = self._same(key, a, o), self._same(key, b, o)
+        if same_a and same_b:
+            return encode(self.value(key, a), like=self.value(key, o))
+        if same_a:
+            return b
+        if same_b:
+            return a
         return self._combine(key, o, a, b)
 
     def _same(self, key: Key, x: bytes, y: bytes) -> bool:
