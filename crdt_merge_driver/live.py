@@ -28,7 +28,7 @@ from crdt_merge_driver.codec import diff
 from crdt_merge_driver.document import EMPTY, Buffer
 from crdt_merge_driver.errors import InputError
 from crdt_merge_driver.merge import union
-from crdt_merge_driver.record import Key, Record, decode, identify
+from crdt_merge_driver.record import Key, Record, decode, encode, identify
 from crdt_merge_driver.value import dumps, has_long_digits, loads
 
 _ENTITY_FIELDS = ("type", "name", "entityType", "observations")
@@ -212,7 +212,13 @@ def machine_version(
     kept.update((key, value) for key, value in before.items() if key not in kept
                 and value.get("type") not in SERVER_TYPES)  # fmt: skip
     ordered = dict(_server_order(kept))
-    version = b"\n".join(map(dumps, ordered.values()))
+    # A record the repository had, kept as it was: its bytes as they were. A new or
+    # changed one: the merge's canonical encoding (in the repository's field order),
+    # so that this machine's version and a merge never tell one record apart by layout.
+    version = b"\n".join(
+        dumps(value) if value is before.get(key) else encode(value, like=before.get(key))
+        for key, value in ordered.items()
+    )
     # Known already, as the push guard would read it: one record a line, none twice.
     _remember(version, _Reading(ordered, True))
     return version

@@ -17,6 +17,7 @@ from crdt_merge_driver.live import (
     records_of,
     server_form,
 )
+from crdt_merge_driver.record import encode
 from tests.gitrepo import entity, jsonl, relation
 from tests.strategies import memory_files
 from tests.test_reader import _files
@@ -159,3 +160,16 @@ def test_the_plain_reading_is_the_general_one_or_leaves_it_the_file(data: bytes)
         assert plain is None
         return
     assert plain is None or list(plain.items()) == list(general.items())
+
+
+def test_a_new_or_changed_record_is_encoded_as_the_merge_encodes_it() -> None:
+    # The stamp's own fields in the order a stamp is made (time first): a layout the
+    # merge never writes, kept for the record the server did not touch.
+    previous = jsonl(entity("Ada", "person", ("tea",), _crdt=STAMP), entity("Bob", "person"))
+    live = jsonl(entity("Ada", "person", ("tea", "code")), entity("Bob", "person"),
+                 entity("Grace", "person"))  # fmt: skip
+    ada, bob, grace = machine_version(previous, live, clock_at(1e9)).split(b"\n")
+    assert bob == previous.split(b"\n")[1]
+    for line in (ada, grace):
+        assert line == encode(orjson.loads(line)), line  # nested keys sorted, "_" fields last
+    assert b'"_crdt":{"counter":' in grace
