@@ -150,9 +150,8 @@ def diagnose_attributes(top: Path, name: str, driver: str | None, fix: str) -> l
     memory = [path for path in files if is_memory_file(path)]
     detached = [path for path in memory if merge.get(path) != name]
     lines = [
-        f"problem: {path} is a memory file but its merge attribute is "
-        f"`{merge.get(path, 'unspecified')}`, not {name}, so git merges it as text; "
-        f"run `{fix}` and check that no later .gitattributes line overrides it "
+        f"problem: {path} is a memory file but {_attribute(merge.get(path), name)}; run "
+        f"`{fix}` and check that no later .gitattributes line overrides it "
         f"(`git check-attr merge -- {path}`)"
         for path in detached
     ]
@@ -170,9 +169,21 @@ def diagnose_new_file(top: Path, name: str, fix: str) -> str:
     if value == name:
         return f"ok: no memory files tracked yet; a new {probe} would use merge={name}"
     return (
-        f"problem: no memory files tracked yet, and a new {probe} would get merge=`{value}`, "
-        f"not {name}; run `{fix}`"
+        f"problem: no memory files tracked yet, and a new {probe} would have "
+        f"{_attribute(value, name).removeprefix('has ')}; run `{fix}`"
     )
+
+
+def _attribute(value: str | None, name: str) -> str:
+    """A path's merge attribute and what git does with it, in words, not git's own."""
+    if value in (None, "unspecified"):
+        return f"has no merge attribute, not merge={name}: git merges it as text"
+    if value == "unset":
+        return (f"has -merge, not merge={name}: git keeps this side's version and reports a "
+                "conflict")  # fmt: skip
+    if value == "set":
+        return f"has merge (git's own text merge), not merge={name}: git merges it as text"
+    return f"has merge={value}, not merge={name}: git merges it with that driver"
 
 
 def describe(paths: Sequence[str], limit: int = 3) -> str:

@@ -569,9 +569,10 @@ def test_doctor_flags_memory_files_the_driver_is_not_attached_to(tmp_path: Path)
         stream.write("memory.json -merge\n")  # a later line wins
 
     assert problems(repo) == [
-        f"problem: memory.json is a memory file but its merge attribute is `unset`, not {NAME}, "
-        f"so git merges it as text; run `crdt-merge-driver install --repo {repo}` and check that "
-        "no later .gitattributes line overrides it (`git check-attr merge -- memory.json`)"
+        f"problem: memory.json is a memory file but has -merge, not merge={NAME}: git keeps "
+        f"this side's version and reports a conflict; run `crdt-merge-driver install --repo "
+        f"{repo}` and check that no later .gitattributes line overrides it "
+        "(`git check-attr merge -- memory.json`)"
     ]
 
 
@@ -583,8 +584,8 @@ def test_doctor_flags_a_memory_file_when_only_the_config_is_there(tmp_path: Path
     [problem] = problems(repo)
 
     assert problem.startswith(
-        "problem: notes/unified-memory.json is a memory file but its merge attribute is "
-        f"`unspecified`, not {NAME}"
+        "problem: notes/unified-memory.json is a memory file but has no merge attribute, not "
+        f"merge={NAME}: git merges it as text"
     )
 
 
@@ -593,8 +594,9 @@ def test_doctor_with_no_memory_files_checks_where_a_new_one_would_go(tmp_path: P
     gitrepo.git(repo, "config", f"merge.{NAME}.driver", driver_command())
 
     assert problems(repo) == [
-        "problem: no memory files tracked yet, and a new memory.jsonl would get "
-        f"merge=`unspecified`, not {NAME}; run `crdt-merge-driver install --repo {repo}`"
+        "problem: no memory files tracked yet, and a new memory.jsonl would have no merge "
+        f"attribute, not merge={NAME}: git merges it as text; run `crdt-merge-driver install "
+        f"--repo {repo}`"
     ]
     install_here(repo)
     assert problems(repo) == []
