@@ -230,7 +230,8 @@ def _install_cron(entry: Entry) -> list[str]:
     else:
         updated = current + wanted
     _write_crontab(updated)
-    return [f"added to your crontab: {wanted.decode().splitlines()[1]}"]
+    done = "replaced this clone's line in your crontab with" if block else "added to your crontab:"
+    return [f"{done} {wanted.decode().splitlines()[1]}"]
 
 
 def _remove_cron(entry_tag: str) -> bool:

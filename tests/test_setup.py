@@ -207,10 +207,15 @@ def test_cron_schedule_is_added_once_and_removed_byte_for_byte(
     assert f"--repo {lone.clone}" in line and f"--memory {lone.live}" in line
     assert f"--log {lone.home / 'state' / 'crdt-merge-driver'}" in line
 
-    lone.ok("setup", str(remote), "--schedule", "cron", "--every", "10")
+    said = lone.ok("setup", str(remote), "--schedule", "cron", "--every", "10")
     assert read_crontab() == added  # no second line
+    assert "crontab already runs the backup every 10 minutes; unchanged" in said
     found = lone.run("status", "--repo", str(lone.clone), "--json").stdout
     assert b"*/10 * * * *" in found
+    said = lone.ok("setup", str(remote), "--schedule", "cron", "--every", "20")
+    assert "replaced this clone's line in your crontab with */20 * * * *" in said, said
+    assert read_crontab() == added.replace(b"*/10 * * * *", b"*/20 * * * *")
+    lone.ok("setup", str(remote), "--schedule", "cron", "--every", "10")
 
     lone.ok("setup", "--remove", str(remote))
     assert read_crontab() == mine
