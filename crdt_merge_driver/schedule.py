@@ -186,11 +186,13 @@ def find(entry_tag: str) -> Found | None:
             if line == marker:
                 return Found("cron", f"crontab: {lines[index + 1].decode(errors='replace')}")
     timer = unit_dir() / f"{UNIT_PREFIX}{entry_tag}.timer"
-    if timer.exists():
-        return Found("systemd", f"systemd user timer {timer.name} ({timer})")
     service = unit_dir() / f"{WATCH_PREFIX}{entry_tag}.service"
-    if service.exists():
-        return Found("watch", f"systemd user service {service.name} running watch ({service})")
+    for kind, unit, what in (("systemd", timer, "timer"), ("watch", service, "service")):
+        if unit.exists():
+            # The files alone run nothing: a container, or a user without a login session.
+            idle = "" if systemd_works() else "; no systemd user manager here: it does not run"
+            runs = " running watch" if kind == "watch" else ""
+            return Found(kind, f"systemd user {what} {unit.name}{runs} ({unit}{idle})")
     return None
 
 

@@ -199,7 +199,8 @@ def render(found: Status) -> list[str]:
     lines.append(_when("last backup", found.last_backup, found.last_backup_commit))
     lines.append(_when("last restore", found.last_restore, found.last_restore_commit))
     if found.schedule is None:
-        lines.append(f"schedule: none (`{PROGRAM} setup` installs one)")
+        lines.append(f"schedule: none; `{PROGRAM} setup {found.url} --repo {found.repo} "
+                     f"--memory {found.memory}` installs one")  # fmt: skip
     else:
         lines.append(f"schedule: {found.schedule}; last ran "
                      f"{found.schedule_last_ran or 'never (no log yet)'}")  # fmt: skip

@@ -7,8 +7,12 @@ editor; a session check fails loudly if the real global config changed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +101,24 @@ def memory_server_factory() -> Iterator[ServerFactory]:
     """``start(path)`` runs a real memory server over ``path``; all are closed after the test."""
     with server_pool() as start:
         yield start
+
+
+# The user's crontab is one per user, not one per test: tests running at the
+# same time (pytest-xdist workers) take turns on it, holding this lock.
+CRONTAB_LOCK = Path(tempfile.gettempdir()) / "crdt-merge-driver-tests-crontab.lock"
+
+
+@pytest.fixture
+def crontab() -> Iterator[bytes | None]:
+    """This user's crontab as it was (None: none), put back byte for byte after the test."""
+    if shutil.which("crontab") is None:
+        pytest.fail("`crontab` is missing: install Debian's cron package (apt-get install cron)")
+    with CRONTAB_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        listed = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
+        before = listed.stdout if listed.returncode == 0 else None
+        yield before
+        if before is None:
+            subprocess.run(["crontab", "-r"], capture_output=True, check=False)
+        else:
+            subprocess.run(["crontab", "-"], input=before, check=True)

@@ -9,13 +9,10 @@ and put back byte for byte after each test.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -71,27 +68,6 @@ def machine(tmp_path: Path, start: ServerFactory, name: str) -> Machine:
 def remote_log(remote: Path) -> list[str]:
     result = gitrepo.git_result(remote, "rev-list", "--all")
     return result.stdout.split()
-
-
-# The user's crontab is one per user, not one per test: tests running at the
-# same time (pytest-xdist workers) take turns on it, holding this lock.
-CRONTAB_LOCK = Path(tempfile.gettempdir()) / "crdt-merge-driver-tests-crontab.lock"
-
-
-@pytest.fixture
-def crontab() -> Iterator[bytes | None]:
-    """This user's crontab as it was (None: none), put back byte for byte after the test."""
-    if shutil.which("crontab") is None:
-        pytest.fail("`crontab` is missing: install Debian's cron package (apt-get install cron)")
-    with CRONTAB_LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        listed = subprocess.run(["crontab", "-l"], capture_output=True, check=False)
-        before = listed.stdout if listed.returncode == 0 else None
-        yield before
-        if before is None:
-            subprocess.run(["crontab", "-r"], capture_output=True, check=False)
-        else:
-            subprocess.run(["crontab", "-"], input=before, check=True)
 
 
 def read_crontab() -> bytes | None:

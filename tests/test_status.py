@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from crdt_merge_driver import schedule
 from crdt_merge_driver.errors import ExitCode
 from tests import gitrepo
 from tests.memory_server import ServerFactory
@@ -168,3 +172,34 @@ def test_waiting_queue_entries_are_listed(
     _, found, plain = status(laptop)
     assert found["waiting"] == [ref]
     assert f"waiting in the sync queue: {ref}" in plain
+
+
+def test_no_schedule_names_the_setup_command_that_installs_one(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, crontab: bytes | None
+) -> None:
+    laptop, _ = joined(tmp_path, remote, memory_server_factory)
+    [line] = [line for line in status(laptop)[2].splitlines() if line.startswith("schedule:")]
+    assert line.startswith("schedule: none; `") and line.endswith("` installs one"), line
+
+    command = shlex.split(line.split("`")[1])
+    assert command[:2] == ["crdt-merge-driver", "setup"], command
+    laptop.ok(*command[1:])  # as the user copies it (the schedule: auto, so cron here)
+
+    assert status(laptop)[1]["schedule"].startswith("crontab: ")
+
+
+def test_a_systemd_unit_with_no_systemd_to_run_it_is_said_not_to_run(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop, _ = joined(tmp_path, remote, memory_server_factory)
+    units = laptop.home / "config" / "systemd" / "user"
+    units.mkdir(parents=True)
+    (units / f"crdt-merge-driver-watch-{schedule.tag(laptop.clone)}.service").write_text(
+        "[Service]\nExecStart=/bin/true\n"
+    )
+    if schedule.systemd_works():
+        pytest.skip("a systemd user manager answers here: the unit would run")
+
+    found = status(laptop)[1]["schedule"]
+
+    assert "running watch" in found and "no systemd user manager here: it does not run" in found
