@@ -33,12 +33,14 @@ _DEAD = ("Z", "X")
 
 @contextmanager
 def lock(
-    git_dir: Path, log: TextIO, *, what: str = "sync or backup", name: str = LOCK
-) -> Iterator[None]:
+    git_dir: Path, log: TextIO, *, what: str = "sync or backup", name: str = LOCK,
+    then: str = "wait for it",
+) -> Iterator[None]:  # fmt: skip
     """Hold ``flock`` on ``<git dir>/<name>`` while sync or backup runs; refuse if another does.
 
     ``name``: another lock than sync's (watch holds one for its lifetime); only
     sync's lock tidies up after a killed run, since only its holders make leftovers.
+    ``then``: what the refusal tells the user to do.
     """
     path = git_dir / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -49,7 +51,7 @@ def lock(
             holder = _holder(fd)
             who = f" (pid {holder})" if holder else ""
             raise RefusedError(
-                f"another {what}{who} is running in this clone ({path}); wait for it"
+                f"another {what}{who} is running in this clone ({path}); {then}"
             ) from None
         # The pid is for the message only: a full disk that keeps it out costs nothing.
         with suppress(OSError):

@@ -107,7 +107,8 @@ def watch(
     if not live.parent.is_dir():
         raise WatchError(f"the folder of the memory file does not exist: {live.parent}")
     # For the whole process: a second watcher on this clone would only race the first.
-    with lock(git_dir, log, what="watch", name=LOCK), _stop_on_signals() as stopping:
+    alone = "it runs until stopped, and one watch a clone is enough: stop it to start another"
+    with lock(git_dir, log, what="watch", name=LOCK, then=alone), _stop_on_signals() as stopping:
         remote = remote_of(top)
         clone = Clone(top, git_dir, common, {}, remote, find_url(top, remote), "")
         watcher = Watcher(live, clone._replace(branch=current_branch(clone)),

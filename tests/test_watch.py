@@ -256,7 +256,9 @@ def test_sigterm_and_sigint_exit_0_and_a_second_watcher_is_refused(
 
     second = laptop.watch()
     assert second.wait(timeout=TIMEOUT) == ExitCode.REFUSED
-    assert "another watch" in laptop.said(), laptop.said()
+    assert "another watch" in laptop.said() and "stop it to start another" in laptop.said(), (
+        laptop.said()
+    )
 
     # SIGTERM in the middle of a step: the remote refuses "for now", so the backup's
     # sync waits between attempts; the wait is cut short, the step abandoned.
