@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from itertools import accumulate, count
-from operator import add
+from itertools import accumulate, compress, count
+from operator import add, not_
 
 import orjson
 
@@ -151,10 +151,14 @@ def _entity_names(lines: list[bytes], text: bytes) -> list[Key | None]:
     plainly one record with one name is read by form (see `_plain`); a name
     with a backslash (an escape) or that is not UTF-8 is left to the parser.
     """
-    prefix, start, shortest = _ENTITY_PREFIX, _NAME_START, _SHORTEST_ENTITY
+    prefix, start, shortest, after = _ENTITY_PREFIX, _NAME_START, _SHORTEST_ENTITY, _AFTER_NAME
+    # The quote that ends the name, where the layout's next key follows it at once.
     quotes = [
-        line.find(b'"', start)
-        if len(line) >= shortest and line.startswith(prefix) and line.endswith(b"]}")
+        quote
+        if len(line) >= shortest
+        and line.startswith(prefix)
+        and line.endswith(b"]}")
+        and line.startswith(after, quote := line.find(b'"', start))
         else 0
         for line in lines
     ]
@@ -185,22 +189,18 @@ def _plain(lines: list[bytes], quotes: list[int], text: bytes) -> list[int]:
     two records to them), or a key ending in ``e`` beyond the layout's three
     (a repeated "name" or "type", which JSON.parse reads as the last, or a
     second record on the line). Outside an escape a quote always ends a
-    string, so ``e":`` only ever ends a key. Counted over the plain lines
-    at once first: one scan in C, line by line only when one of them is to drop.
+    string, so ``e":`` only ever ends a key. Counted at once first, in C:
+    the chunk's count less the other lines' is the plain lines' count, and
+    each of them has three at least; line by line only when one is to drop.
     """
-    after = _AFTER_NAME
-    quotes = [
-        quote if quote > 0 and line.startswith(after, quote) else 0
-        for line, quote in zip(lines, quotes, strict=True)
-    ]
     if b"\\" in text or b"\r" in text:
         quotes = [
             quote if quote > 0 and b"\\" not in line and b"\r" not in line else 0
             for line, quote in zip(lines, quotes, strict=True)
         ]
-    # The plain lines joined (no key can form across "]}" and '{"'), counted at once.
-    plain = [line for line, quote in zip(lines, quotes, strict=True) if quote > 0]
-    if b"".join(plain).count(_KEY_END) == 3 * len(plain):
+    # No key forms across a line break: the lines' counts add up to the chunk's.
+    others = b"\n".join(compress(lines, map(not_, quotes))).count(_KEY_END)
+    if text.count(_KEY_END) - others == 3 * (len(quotes) - quotes.count(0)):
         return quotes
     return [
         quote if quote > 0 and line.count(_KEY_END) == 3 else 0
