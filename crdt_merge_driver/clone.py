@@ -133,14 +133,14 @@ def _config_env(settings: Mapping[str, str]) -> dict[str, str]:
 def identity(top: Path, said: Mapping[str, str]) -> dict[str, str]:
     """A default author and committer for sync's commits, only if git has none (CI).
 
-    ``said``: `_settings`. A name and an e-mail there (or in git's variables)
-    are an identity, as git reads them; else git is asked (it may find one
-    in the system).
+    ``said``: `_settings`. A name and an e-mail there are git's identity, and
+    asking git is not needed. Anything else (an identity in the environment,
+    which git reads with rules of its own, like ``user.useConfigOnly``), git
+    is asked: it may find one in the system, or refuse one.
     """
-    name = os.environ.get("GIT_COMMITTER_NAME") or said.get("user.name", "")
-    email = (os.environ.get("GIT_COMMITTER_EMAIL") or said.get("user.email")
-             or os.environ.get("EMAIL", ""))  # fmt: skip
-    if name.strip(_CRUD) and email.strip(_CRUD):
+    from_environment = any(name in os.environ for name in _IDENTITY_VARIABLES)
+    name, email = said.get("user.name", ""), said.get("user.email", "")
+    if not from_environment and name.strip(_CRUD) and email.strip(_CRUD):
         return {}
     if git.run("var", "GIT_COMMITTER_IDENT", cwd=top, check=False).returncode == 0:
         return {}
@@ -149,8 +149,12 @@ def identity(top: Path, said: Mapping[str, str]) -> dict[str, str]:
             "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}  # fmt: skip
 
 
-# What git strips from the ends of a name or an e-mail: one made only of these is empty to it.
-_CRUD = " \t\n.,:;<>\"\\'"
+# What git strips from the ends of a name or an e-mail (its crud(): every byte up to
+# the space, and these): one made only of them is empty to git, which refuses it.
+_CRUD = "".join(map(chr, range(33))) + ".,:;<>\"\\'"
+# What git reads an identity from besides its config.
+_IDENTITY_VARIABLES = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                       "GIT_COMMITTER_EMAIL", "EMAIL")  # fmt: skip
 
 
 # --- where sync pushes, and whether it can start ------------------------------------

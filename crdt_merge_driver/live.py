@@ -51,8 +51,8 @@ def records_of(data: Buffer) -> dict[Key, Record]:
 
 
 def _parse(data: Buffer) -> dict[Key, Record]:
-    plain = _plain_records(data) if type(data) is bytes else None
-    return _read(data) if plain is None else plain
+    plain = _plain_reading(data) if type(data) is bytes else None
+    return _read(data) if plain is None else plain.records
 
 
 def _read(data: Buffer) -> dict[Key, Record]:
@@ -62,7 +62,7 @@ def _read(data: Buffer) -> dict[Key, Record]:
     return {key: decode(raw, short_numbers=short) for key, raw in records.items()}
 
 
-def _plain_records(data: bytes) -> dict[Key, Record] | None:
+def _plain_reading(data: bytes) -> _Reading | None:
     """The records of a file in the server's own shape, at one `orjson.loads` a line; else None.
 
     The shape: JSONL with ``\n`` line ends (a final one or not), each line one
@@ -83,7 +83,9 @@ def _plain_records(data: bytes) -> dict[Key, Record] | None:
     except (orjson.JSONDecodeError, InputError):
         return None
     records = dict(zip(keys, values, strict=True))
-    return records if len(records) == len(values) else None  # a repeat is folded the general way
+    if len(records) != len(values):
+        return None  # a repeat is folded the general way
+    return _Reading(records, dict(zip(keys, lines, strict=True)))
 
 
 # One backup reads the same versions (the live file, the last-sync point,
@@ -97,16 +99,25 @@ _KEEP = 3
 
 class _Reading(NamedTuple):
     records: dict[Key, Record]
-    plain: bool  # one record a line, no identity twice (`_plain_records` or our own output)
+    # Each record's own line, where the file holds one record a line and no
+    # identity twice (`_plain_reading`, or this machine's own version); else None.
+    lines: dict[Key, bytes] | None
 
 
 def _parsed(data: bytes) -> dict[Key, Record]:
     reading = _READINGS.pop(data, None)
     if reading is None:
-        plain = _plain_records(data)
-        reading = _Reading(_read(data), False) if plain is None else _Reading(plain, True)
+        reading = _plain_reading(data) or _Reading(_read(data), None)
     _remember(data, reading)
     return reading.records
+
+
+def _lines_of(data: Buffer) -> dict[Key, bytes]:
+    """Each record's own line in ``data``, as far as a reading of it kept them."""
+    reading = _READINGS.get(data) if type(data) is bytes else None
+    if reading is None or reading.lines is None:
+        return {}
+    return reading.lines
 
 
 def _remember(data: bytes, reading: _Reading) -> None:
@@ -125,11 +136,11 @@ def plain_keys(data: bytes) -> KeysView[Key] | None:
     """
     reading = _READINGS.get(data)
     if reading is None:
-        plain = _plain_records(data)
-        if plain is None:
+        reading = _plain_reading(data)
+        if reading is None:
             return None
-        _remember(data, reading := _Reading(plain, True))
-    return reading.records.keys() if reading.plain else None
+        _remember(data, reading)
+    return reading.records.keys() if reading.lines is not None else None
 
 
 def server_form(data: Buffer) -> bytes:
@@ -215,12 +226,15 @@ def machine_version(
     # A record the repository had, kept as it was: its bytes as they were. A new or
     # changed one: the merge's canonical encoding (in the repository's field order),
     # so that this machine's version and a merge never tell one record apart by layout.
-    version = b"\n".join(
-        dumps(value) if value is before.get(key) else encode(value, like=before.get(key))
+    was = _lines_of(previous)
+    lines = {
+        key: (was.get(key) or dumps(value)) if value is before.get(key)
+        else encode(value, like=before.get(key))
         for key, value in ordered.items()
-    )
+    }  # fmt: skip
+    version = b"\n".join(lines.values())
     # Known already, as the push guard would read it: one record a line, none twice.
-    _remember(version, _Reading(ordered, True))
+    _remember(version, _Reading(ordered, lines))
     return version
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shlex
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -199,15 +200,16 @@ def render(found: Status) -> list[str]:
     lines.append(_when("last backup", found.last_backup, found.last_backup_commit))
     lines.append(_when("last restore", found.last_restore, found.last_restore_commit))
     if found.schedule is None:
-        lines.append(f"schedule: none; `{PROGRAM} setup {found.url} --repo {found.repo} "
-                     f"--memory {found.memory}` installs one")  # fmt: skip
+        setup = shlex.join([PROGRAM, "setup", found.url, "--repo", str(found.repo),
+                            "--memory", str(found.memory)])  # fmt: skip
+        lines.append(f"schedule: none; `{setup}` installs one")
     else:
         lines.append(f"schedule: {found.schedule}; last ran "
                      f"{found.schedule_last_ran or 'never (no log yet)'}")  # fmt: skip
     lines += [f"waiting in the sync queue: {ref}" for ref in found.waiting]
     # Nothing here to back up: the remote's memory only has to come in.
     verb = "backup" if found.live_exists and found.local_changes else "restore"
-    command = f"{PROGRAM} {verb} --repo {found.repo} --memory {found.memory}"
+    command = shlex.join([PROGRAM, verb, "--repo", str(found.repo), "--memory", str(found.memory)])
     lines.append("in sync" if found.in_sync else f"not in sync: run `{command}`")
     return lines
 

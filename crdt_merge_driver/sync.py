@@ -200,6 +200,7 @@ def push_until_landed(
         say(log, f"this machine is busy (sync waited {crowd:.2f}s for a CPU so far): "
                  f"first try in {first:.2f}s")  # fmt: skip
         pause(first)
+        fetched = False  # a fetch from before the wait is worth a fetch no more
     try:
         for attempt in policy:
             with attempt:

@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver.backup import backup, restore
 from crdt_merge_driver.clock import Stamp, stamp_of
 from crdt_merge_driver.errors import ExitCode
@@ -939,3 +940,30 @@ def test_a_push_landing_between_the_backups_fetch_and_its_push_costs_one_more_at
     entities, _ = remote_graph(remote)
     assert "From desktop" in entities and "from the laptop" in entities["Ada"][1]
     assert "From desktop" in laptop.graph()[0]  # and the restore brought it
+
+
+def test_after_waiting_out_a_busy_machine_the_first_attempt_fetches_again(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # A busy machine makes sync wait before its first attempt, in the queue: the fetch
+    # backup made before that is stale by then, and does not show the queue's own ref
+    # (found by review: the sync took its ref for gone and turned the queue off).
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    laptop.server.add_observations([observe("Ada", "on a busy machine")])
+    monkeypatch.setattr(sync_module, "WAIT_CROWD_FROM", 0.0)
+    monkeypatch.setattr(sync_module, "_cpu_seconds", lambda: 0.0)  # all of it waiting for a CPU
+    trace = tmp_path / "git-trace"
+    monkeypatch.setenv("GIT_TRACE", str(trace))
+    log = io.StringIO()
+
+    backup(memory=laptop.live, repo=laptop.clone, host="laptop", log=log, sleep=lambda _: None)
+
+    said = log.getvalue()
+    assert "this machine is busy" in said and "sync attempt 1: pushed" in said, said
+    assert "left the queue" not in said, said
+    fetches = [line for line in trace.read_text().splitlines() if "built-in: git fetch" in line]
+    assert len(fetches) == 2, fetches  # backup's own, and the first attempt's after the wait
+    assert "on a busy machine" in orjson.dumps(remote_record(remote, "Ada")).decode()

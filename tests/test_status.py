@@ -177,7 +177,9 @@ def test_waiting_queue_entries_are_listed(
 def test_no_schedule_names_the_setup_command_that_installs_one(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory, crontab: bytes | None
 ) -> None:
-    laptop, _ = joined(tmp_path, remote, memory_server_factory)
+    laptop = machine(tmp_path, memory_server_factory, "lap top")  # a path with a space
+    first_memory(laptop.server)
+    laptop.ok("setup", str(remote), "--schedule", "none")
     [line] = [line for line in status(laptop)[2].splitlines() if line.startswith("schedule:")]
     assert line.startswith("schedule: none; `") and line.endswith("` installs one"), line
 

@@ -951,6 +951,23 @@ def test_without_an_identity_sync_commits_as_itself(
     assert who == f"{fallback}|{fallback}"
 
 
+def test_an_identity_git_would_refuse_is_not_taken_for_one(
+    pair: tuple[Path, Path], origin: Path, hermetic_seal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name in the config and an e-mail in $EMAIL, which user.useConfigOnly makes git refuse
+    # (found by review: every sync failed with "Author identity unknown").
+    (hermetic_seal / ".gitconfig").write_text(
+        "[user]\n\tname = Tess\n\tuseConfigOnly = true\n[init]\n\tdefaultBranch = main\n"
+        '[protocol "file"]\n\tallow = always\n'
+    )
+    monkeypatch.setenv("EMAIL", "tess@example.com")
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    run(laptop)
+    who = gitrepo.git(origin, "log", "-1", "--format=%an <%ae>", "main").strip()
+    assert who == f"crdt-merge-driver <crdt-merge-driver@{socket.gethostname()}>"
+
+
 def test_an_identity_that_is_set_is_used(pair: tuple[Path, Path], origin: Path) -> None:
     laptop, _ = pair
     (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
