@@ -311,7 +311,9 @@ def _walk(base: Document, data: Buffer) -> Side:
                 stop = find(b"\n", matched_end)
                 position = size if stop < 0 else stop + 1
                 expected = low
-                continue  # the differing line is read next, unless it is a copy (above)
+                if base.repeated:
+                    continue  # the differing line is read next, unless it is a copy (above)
+            # Read at once: a second look at its block would only find it differs again.
         stop = find(b"\n", position)
         if stop < 0:
             stop = size
