@@ -177,7 +177,9 @@ def _entity_names(lines: list[bytes], text: bytes) -> list[Key | None]:
     return [next(decoded) if quote > 0 else None for quote in quotes]
 
 
-_KEY_END = b'e":'  # ends "type", "name" and "entityType": three in a server line
+# The keys that decide a record's identity: a line in the server's layout holds
+# each once, in its prefix. JSON.parse reads a repeated one as the last.
+_IDENTITY_KEYS = (b'"name"', b'"type"')
 _AFTER_NAME = b'","entityType":"'
 
 
@@ -186,24 +188,26 @@ def _plain(lines: list[bytes], quotes: list[int], text: bytes) -> list[int]:
 
     Such a line is parsed instead: a line with a backslash (an escaped key
     can spell "name"), a carriage return (a line break to some readers, so
-    two records to them), or a key ending in ``e`` beyond the layout's three
-    (a repeated "name" or "type", which JSON.parse reads as the last, or a
-    second record on the line). Outside an escape a quote always ends a
-    string, so ``e":`` only ever ends a key. Counted at once first, in C:
-    the chunk's count less the other lines' is the plain lines' count, and
-    each of them has three at least; line by line only when one is to drop.
+    two records to them), or a ``"name"`` or ``"type"`` beyond the prefix's
+    (a repeated key, in any spacing: ``"name" :`` too; a second record; or
+    only a string that reads "name", which the parse then reads right).
+    Outside an escape a quote always ends a string, so each of these is a
+    key or a whole string. Counted at once first, in C: the chunk's count
+    less the other lines' is the plain lines' count, and each of them has
+    one at least; line by line only when one is to drop.
     """
     if b"\\" in text or b"\r" in text:
         quotes = [
             quote if quote > 0 and b"\\" not in line and b"\r" not in line else 0
             for line, quote in zip(lines, quotes, strict=True)
         ]
+    plain = len(quotes) - quotes.count(0)
     # No key forms across a line break: the lines' counts add up to the chunk's.
-    others = b"\n".join(compress(lines, map(not_, quotes))).count(_KEY_END)
-    if text.count(_KEY_END) - others == 3 * (len(quotes) - quotes.count(0)):
+    others = b"\n".join(compress(lines, map(not_, quotes)))
+    if all(text.count(key) - others.count(key) == plain for key in _IDENTITY_KEYS):
         return quotes
     return [
-        quote if quote > 0 and line.count(_KEY_END) == 3 else 0
+        quote if quote > 0 and all(line.count(key) == 1 for key in _IDENTITY_KEYS) else 0
         for line, quote in zip(lines, quotes, strict=True)
     ]
 
@@ -314,9 +318,7 @@ def _walk(base: Document, data: Buffer) -> Side:
                 if base.repeated:
                     continue  # the differing line is read next, unless it is a copy (above)
             # Read at once: a second look at its block would only find it differs again.
-        stop = find(b"\n", position)
-        if stop < 0:
-            stop = size
+        stop = size if (stop := find(b"\n", position)) < 0 else stop
         end = stop - 1 if stop > position and data[stop - 1] == 0x0D else stop
         line = data[position:end]
         parsed = _parse_line(line, partial(line_at, data, position))

@@ -30,12 +30,18 @@ def _lines(draw: st.DrawFn) -> bytes:
     name = draw(_NAMES)
     observations = ",".join(f'"{text}"' for text in draw(st.lists(_TEXTS, max_size=3)))
     server = f'{{"type":"entity","name":"{name}","entityType":"t","observations":[{observations}]}}'
-    variant = draw(st.sampled_from(["server", "spaced", "repeated", "relation", "two"]))
+    variant = draw(st.sampled_from(["server", "spaced", "repeated", "repeated-spaced",
+                                    "relation", "two"]))  # fmt: skip
     if variant == "spaced":
         return server.replace(",", ", ").replace(":", ": ", 1).encode()
     if variant == "repeated":  # JSON.parse keeps the last "name"
         other = draw(_NAMES)
         return server.replace('"entityType"', f'"name":"{other}","entityType"', 1).encode()
+    if variant == "repeated-spaced":  # blanks between the key and its colon: still a key
+        other = draw(_NAMES)
+        blank = draw(st.sampled_from([" ", "\t", "  "]))
+        return server.replace(',"observations"', f',"name"{blank}:"{other}","observations"',
+                              1).encode()  # fmt: skip
     if variant == "relation":
         return f'{{"type":"relation","from":"{name}","to":"b","relationType":"r"}}'.encode()
     if variant == "two":  # two records on one line, split by a lone CR or nothing
@@ -146,3 +152,12 @@ def test_an_ancestor_line_naming_two_entities_is_the_last_name_in_a_merge() -> N
     merged, _ = merge_bytes(bob + b"\n" + two, bob + b"\n" + ada, b"\n".join([bob, ada, cy]))
     # Both sides dropped Eve (what JSON.parse reads that line as) and added Ada.
     assert merged == b"\n".join([bob, ada, cy])
+
+
+def test_a_repeated_name_with_a_space_before_its_colon_is_the_last_too() -> None:
+    # JSON allows blanks between a key and its colon; the layout check once counted only
+    # compact keys, and read the first name (found in review, issue 11).
+    for spaced in (b'"name" :"Z"', b'"name"\t :"Z"', b'"type" :"relation","from":"a","to":"b",'
+                   b'"relationType":"r"'):  # fmt: skip
+        line = b'{"type":"entity","name":"N","entityType":"T",' + spaced + b',"observations":[]}'
+        assert parse(line).keys == _index_jsonl(line, strict=True).keys, line
