@@ -127,20 +127,16 @@ def _remember(data: bytes, reading: _Reading) -> None:
 
 
 def plain_keys(data: bytes) -> KeysView[Key] | None:
-    """The identities in a memory file of one record a line, none twice; else None.
+    """The identities in ``data``, if this process has read or written it as one record a line.
 
     For the push guard, which refuses a file that does not parse or holds a
-    record twice: a file read here passes both, and its parse is shared with
-    the backup that read or wrote the same bytes. None: the guard reads the
-    file itself, and names what is wrong with it.
+    record twice: a file read so passes both, and the backup that read or
+    wrote the same bytes has its identities already. None: the guard reads
+    the file itself (its own reader needs no full parse), and names what is
+    wrong with it.
     """
     reading = _READINGS.get(data)
-    if reading is None:
-        reading = _plain_reading(data)
-        if reading is None:
-            return None
-        _remember(data, reading)
-    return reading.records.keys() if reading.lines is not None else None
+    return reading.records.keys() if reading is not None and reading.lines is not None else None
 
 
 def server_form(data: Buffer) -> bytes:

@@ -433,7 +433,7 @@ class _Merger:
                 return b
             if b is None:
                 return a
-            return self._combine(key, None, a, b)
+            return self._combine(key, None, self.value(key, a), self.value(key, b))
         if a is None:
             return None if b is None or self._same(key, b, o) else b
         if b is None:
@@ -448,25 +448,24 @@ class _Merger:
         # own bytes, as it would merged with the ancestor itself. Otherwise the
         # result would depend on whether that side met the change or a
         # deletion first (merge-rules.md, "Layout").
-        same_a, same_b = self._same(key, a, o), self._same(key, b, o)
+        was, ours, theirs = (self.value(key, raw) for raw in (o, a, b))
+        held = encode(was)
+        same_a, same_b = encode(ours) == held, encode(theirs) == held
         if same_a and same_b:
-            return encode(self.value(key, a), like=self.value(key, o))
+            return encode(ours, like=was)
         if same_a:
             return b
         if same_b:
             return a
-        return self._combine(key, o, a, b)
+        return self._combine(key, was, ours, theirs)
 
     def _same(self, key: Key, x: bytes, y: bytes) -> bool:
         """Whether a record was left as it was, for a deletion on the other side to win."""
         return encode(self.value(key, x)) == encode(self.value(key, y))
 
-    def _combine(self, key: Key, o_raw: bytes | None, a_raw: bytes, b_raw: bytes) -> bytes:
+    def _combine(self, key: Key, o: Record | None, a: Record, b: Record) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
         entity = type(key) is str
-        value = self.value
-        o = value(key, o_raw) if o_raw is not None else None
-        a, b = value(key, a_raw), value(key, b_raw)
         merged = self._fields(key, o, a, b, entity=entity)
         if entity and ("observations" in a or "observations" in b):
             merged["observations"] = _merge_sets(
