@@ -67,7 +67,7 @@ exit 1
 # every interpreter ready (the naive loop's bash starts ready too).
 SYNC_WRITER = """
 import os, runpy, sys, time
-import crdt_merge_driver.cli, crdt_merge_driver.sync
+import crdt_merge_driver.cli, crdt_merge_driver.sync.landing
 while not os.path.exists(os.environ["START"]):
     time.sleep(0.005)
 sys.argv = ["crdt-merge-driver", "sync"]

@@ -28,12 +28,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from crdt_merge_driver import PROGRAM, git, install, session
+from crdt_merge_driver import PROGRAM, git, install
 from crdt_merge_driver.atomic import ChangedMeanwhile, write_atomic
-from crdt_merge_driver.clone import Clone, read_objects, say
 from crdt_merge_driver.errors import CrdtError, InputError, RefusedError
-from crdt_merge_driver.pending import Queue
-from crdt_merge_driver.verdict import Transient
+from crdt_merge_driver.sync import session
+from crdt_merge_driver.sync.clone import Clone, read_objects, say
+from crdt_merge_driver.sync.pending import Queue
+from crdt_merge_driver.sync.verdict import Transient
 
 DEFAULT_AS = "memory.jsonl"
 SYNCED_REFS = "refs/crdt-merge-driver/synced/"
@@ -140,7 +141,7 @@ class Place(NamedTuple):
         # Only the file backup committed; a clone that has none yet (a restore
         # before any backup) has nothing to commit at all: an empty list, which
         # sync reads as "commit nothing" (None would mean every memory file).
-        from crdt_merge_driver import sync  # the push loop: only when there is one to run
+        from crdt_merge_driver.sync import landing as sync
 
         mine = [self.top / self.as_path] if (self.top / self.as_path).exists() else []
         sync.land(self.clone, paths=mine, attempts=attempts, deadline=deadline, sleep=sleep,

@@ -154,7 +154,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from crdt_merge_driver.sync import sync
+    from crdt_merge_driver.sync.landing import sync
 
     sync(
         repo=_repo(args),

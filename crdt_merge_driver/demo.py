@@ -37,9 +37,9 @@ from typing import Any, TextIO
 import orjson
 
 from crdt_merge_driver import git
+from crdt_merge_driver.core.live import records_of
 from crdt_merge_driver.errors import CrdtError, ExitCode
 from crdt_merge_driver.install import install
-from crdt_merge_driver.live import records_of
 
 MEMORY = "memory.jsonl"
 MACHINES = ("laptop", "desktop", "ci-runner")
@@ -274,7 +274,7 @@ def _part_merge(clones: dict[str, Path], out: TextIO) -> None:
 
 
 def _part_sync(clones: dict[str, Path], out: TextIO) -> None:
-    from crdt_merge_driver.sync import sync  # noqa: PLC0415  # tenacity only when it runs
+    from crdt_merge_driver.sync.landing import sync  # noqa: PLC0415  # tenacity only when it runs
 
     print("\n2. sync: all three push at the same moment", file=out)
     for name in MACHINES:

@@ -21,9 +21,9 @@ from contextlib import ExitStack, suppress
 
 from crdt_merge_driver import KILL_SWITCH, PROGRAM
 from crdt_merge_driver.atomic import StrPath, write_atomic
-from crdt_merge_driver.document import Buffer
+from crdt_merge_driver.core.document import Buffer
+from crdt_merge_driver.core.merge import merge_buffers
 from crdt_merge_driver.errors import ExitCode, GitError, InputError
-from crdt_merge_driver.merge import merge_buffers
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it

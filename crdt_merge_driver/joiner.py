@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crdt_merge_driver.atomic import write_atomic
-from crdt_merge_driver.codec import diff
-from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Side, Style, joined_style
+from crdt_merge_driver.core.codec import diff
+from crdt_merge_driver.core.document import ARRAY, EMPTY, JSONL, Side, Style, joined_style
+from crdt_merge_driver.core.merge import Merged, join
 from crdt_merge_driver.errors import CrdtError, InputError
-from crdt_merge_driver.merge import Merged, join
 
 
 def join_files(*, inputs: Sequence[Path], output: Path | None, format_name: str | None) -> Merged:

@@ -19,11 +19,11 @@ from typing import NamedTuple, TextIO
 
 from crdt_merge_driver import git, install
 from crdt_merge_driver.atomic import write_atomic
-from crdt_merge_driver.codec import diff
-from crdt_merge_driver.document import EMPTY, JSONL, Side, Style
+from crdt_merge_driver.core.codec import diff
+from crdt_merge_driver.core.document import EMPTY, JSONL, Side, Style
+from crdt_merge_driver.core.merge import join
 from crdt_merge_driver.errors import CrdtError, InputError
 from crdt_merge_driver.log import say
-from crdt_merge_driver.merge import join
 
 TARGET = "memory.jsonl"
 OLD_PATTERNS = ("memory.json", "memory-*.json", "unified-memory.json")

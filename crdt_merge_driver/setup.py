@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from crdt_merge_driver import PROGRAM, git, install, schedule, sync
+from crdt_merge_driver import PROGRAM, git, install, schedule
 from crdt_merge_driver.backup import DEFAULT_AS, MEMORY_KEY, backup, live_path, restore
 from crdt_merge_driver.errors import CrdtError
 from crdt_merge_driver.log import say
 from crdt_merge_driver.status import clones_folder, status
+from crdt_merge_driver.sync import landing as sync
 
 ATTRIBUTES = ".gitattributes"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

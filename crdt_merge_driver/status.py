@@ -17,13 +17,13 @@ from typing import Any, NamedTuple
 
 from crdt_merge_driver import PROGRAM, git, install, schedule
 from crdt_merge_driver.backup import DEFAULT_AS, MEMORY_KEY, Place, live_path, remote_of
-from crdt_merge_driver.clone import Clone, current_branch, find_url
+from crdt_merge_driver.core.live import same_graph
 from crdt_merge_driver.doctor import doctor
 from crdt_merge_driver.errors import CrdtError, ExitCode, GitError
-from crdt_merge_driver.live import same_graph
-from crdt_merge_driver.pending import Queue
-from crdt_merge_driver.session import fetch
-from crdt_merge_driver.verdict import Transient
+from crdt_merge_driver.sync.clone import Clone, current_branch, find_url
+from crdt_merge_driver.sync.pending import Queue
+from crdt_merge_driver.sync.session import fetch
+from crdt_merge_driver.sync.verdict import Transient
 from crdt_merge_driver.versions import records_in
 
 _FETCH_TIMEOUT = 30.0

@@ -15,11 +15,9 @@ from typing import TYPE_CHECKING, TextIO
 from crdt_merge_driver import PROGRAM
 from crdt_merge_driver.atomic import write_atomic
 from crdt_merge_driver.backup import BackupError, check_tracked
-from crdt_merge_driver.clock import HybridClock
-from crdt_merge_driver.clone import say
-from crdt_merge_driver.envelope import is_object_file
-from crdt_merge_driver.errors import GitError, InputError, RefusedError
-from crdt_merge_driver.live import (
+from crdt_merge_driver.core.clock import HybridClock
+from crdt_merge_driver.core.envelope import is_object_file
+from crdt_merge_driver.core.live import (
     SERVER_TYPES,
     first_foreign_line,
     graph_of,
@@ -29,9 +27,11 @@ from crdt_merge_driver.live import (
     same_graph,
     server_form,
 )
-from crdt_merge_driver.merge import merge_bytes
-from crdt_merge_driver.record import Key, Record, describe
-from crdt_merge_driver.value import dumps
+from crdt_merge_driver.core.merge import merge_bytes
+from crdt_merge_driver.core.record import Key, Record, describe
+from crdt_merge_driver.core.value import dumps
+from crdt_merge_driver.errors import GitError, InputError, RefusedError
+from crdt_merge_driver.sync.clone import say
 
 if TYPE_CHECKING:
     from pathlib import Path

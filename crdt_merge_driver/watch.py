@@ -38,12 +38,12 @@ import tenacity
 
 from crdt_merge_driver import install
 from crdt_merge_driver.backup import DEFAULT_AS, BackupError, backup, live_path, remote_of, restore
-from crdt_merge_driver.clone import Clone, current_branch, find_url
+from crdt_merge_driver.core.live import server_form
 from crdt_merge_driver.errors import CrdtError, ExitCode
-from crdt_merge_driver.live import server_form
-from crdt_merge_driver.lock import lock
 from crdt_merge_driver.log import say
-from crdt_merge_driver.verdict import classify
+from crdt_merge_driver.sync.clone import Clone, current_branch, find_url
+from crdt_merge_driver.sync.lock import lock
+from crdt_merge_driver.sync.verdict import classify
 
 DEFAULT_INTERVAL = 30.0
 DEFAULT_DEBOUNCE = 1.0

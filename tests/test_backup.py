@@ -23,11 +23,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crdt_merge_driver import sync as sync_module
 from crdt_merge_driver.backup import backup, restore
-from crdt_merge_driver.clock import Stamp, stamp_of
+from crdt_merge_driver.core.clock import Stamp, stamp_of
 from crdt_merge_driver.errors import ExitCode
-from crdt_merge_driver.sync import REBASE_MARK
+from crdt_merge_driver.sync import landing as sync_module
+from crdt_merge_driver.sync.landing import REBASE_MARK
 from tests import gitrepo
 from tests.memory_server import Entity, MemoryServer, Relation, ServerFactory
 

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import pytest
 
+from crdt_merge_driver.core.merge import merge_bytes
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.merge import merge_bytes
 
 ALICE = b'{"type":"entity","name":"Alice","entityType":"person","observations":["likes tea"]}'
 BOB = b'{"type":"entity","name":"Bob","entityType":"person","observations":["uses vim"]}'

@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import pytest
 
+from crdt_merge_driver.core.merge import merge_bytes
 from crdt_merge_driver.errors import ExitCode, InputError
-from crdt_merge_driver.merge import merge_bytes
 
 CASES = Path(__file__).parent / "cases"
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
-from crdt_merge_driver.live import machine_version, records_of
+from crdt_merge_driver.core.clock import HybridClock, Stamp, stamp_of
+from crdt_merge_driver.core.live import machine_version, records_of
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

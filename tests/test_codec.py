@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt_merge_driver import codec
+from crdt_merge_driver.core import codec
+from crdt_merge_driver.core.merge import merge_bytes
+from crdt_merge_driver.core.record import identify
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.merge import merge_bytes
-from crdt_merge_driver.record import identify
 from tests.gitrepo import entity, jsonl, relation
 
 Record = dict[str, Any]

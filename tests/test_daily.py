@@ -25,7 +25,7 @@ import pytest
 
 from crdt_merge_driver.early import SET_ASIDE
 from crdt_merge_driver.errors import ExitCode
-from crdt_merge_driver.lock import LOCK
+from crdt_merge_driver.sync.lock import LOCK
 from tests import gitrepo
 from tests.memory_server import ServerFactory
 from tests.test_backup import (

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 
+from crdt_merge_driver.core.live import records_of
+from crdt_merge_driver.core.merge import join_bytes, merge_bytes
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.live import records_of
-from crdt_merge_driver.merge import join_bytes, merge_bytes
 from tests.strategies import History, histories
 
 ADA = {"type": "entity", "name": "Ada", "entityType": "person", "observations": ["likes tea"]}

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from crdt_merge_driver.merge import join_bytes, merge_bytes
-from crdt_merge_driver.record import encode
+from crdt_merge_driver.core.merge import join_bytes, merge_bytes
+from crdt_merge_driver.core.record import encode
 from tests.strategies import (
     CRLF,
     LAYOUTS,

@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
-from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.live import (
+from crdt_merge_driver.core.clock import HybridClock, Stamp, stamp_of
+from crdt_merge_driver.core.live import (
     _plain_reading,
     _read,
     machine_version,
@@ -17,7 +16,8 @@ from crdt_merge_driver.live import (
     records_of,
     server_form,
 )
-from crdt_merge_driver.record import encode
+from crdt_merge_driver.core.record import encode
+from crdt_merge_driver.errors import InputError
 from tests.gitrepo import entity, jsonl, relation
 from tests.strategies import memory_files
 from tests.test_reader import _files

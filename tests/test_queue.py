@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from crdt_merge_driver import pending as pending_module
-from crdt_merge_driver import retry
-from crdt_merge_driver import sync as sync_module
-from crdt_merge_driver.clone import Clone
 from crdt_merge_driver.errors import GaveUpError, GitError
-from crdt_merge_driver.pending import NAMESPACE, Queue, Record
-from crdt_merge_driver.sync import SyncResult, Transient, sync
-from crdt_merge_driver.verdict import classify, refused
+from crdt_merge_driver.sync import landing as sync_module
+from crdt_merge_driver.sync import pending as pending_module
+from crdt_merge_driver.sync import retry
+from crdt_merge_driver.sync.clone import Clone
+from crdt_merge_driver.sync.landing import SyncResult, Transient, sync
+from crdt_merge_driver.sync.pending import NAMESPACE, Queue, Record
+from crdt_merge_driver.sync.verdict import classify, refused
 from tests import gitrepo
 from tests.test_sync import SEED, memory, names_on, origin, pair, remote_file
 

@@ -16,10 +16,10 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt_merge_driver.codec import _index_jsonl, diff, parse
-from crdt_merge_driver.document import Document, Side
+from crdt_merge_driver.core.codec import _index_jsonl, diff, parse
+from crdt_merge_driver.core.document import Document, Side
+from crdt_merge_driver.core.merge import merge_bytes
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.merge import merge_bytes
 
 _NAMES = st.sampled_from(["a", "b", "c", "é", "x\\u00e9", 'q\\"uote', "a\\\\b"])
 _TEXTS = st.sampled_from(["x", "y z", "\\n", "{", '"name":', "\\u00e9"])

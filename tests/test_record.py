@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
+from crdt_merge_driver.core.merge import join_bytes, merge_bytes
+from crdt_merge_driver.core.record import describe, encode, identify, sort_key
+from crdt_merge_driver.core.value import dumps, loads
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.merge import join_bytes, merge_bytes
-from crdt_merge_driver.record import describe, encode, identify, sort_key
-from crdt_merge_driver.value import dumps, loads
 from tests.gitrepo import entity, relation
 
 Record = dict[str, Any]

@@ -27,18 +27,17 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
-from crdt_merge_driver import checkout as checkout_module
-from crdt_merge_driver import clone as clone_module
 from crdt_merge_driver import git as git_module
-from crdt_merge_driver import lock as lock_module
-from crdt_merge_driver import rebase as rebase_module
-from crdt_merge_driver import replay as replay_module
-from crdt_merge_driver import session as session_module
-from crdt_merge_driver import sync as sync_module
-from crdt_merge_driver import verdict as verdict_module
 from crdt_merge_driver.errors import CrdtError, ExitCode, GaveUpError, GitError, RefusedError
-from crdt_merge_driver.pending import Queue, Record
-from crdt_merge_driver.sync import (
+from crdt_merge_driver.sync import checkout as checkout_module
+from crdt_merge_driver.sync import clone as clone_module
+from crdt_merge_driver.sync import landing as sync_module
+from crdt_merge_driver.sync import lock as lock_module
+from crdt_merge_driver.sync import rebase as rebase_module
+from crdt_merge_driver.sync import replay as replay_module
+from crdt_merge_driver.sync import session as session_module
+from crdt_merge_driver.sync import verdict as verdict_module
+from crdt_merge_driver.sync.landing import (
     ATTRIBUTES,
     LOCK,
     REBASE_MARK,
@@ -53,7 +52,8 @@ from crdt_merge_driver.sync import (
     retrying,
     sync,
 )
-from crdt_merge_driver.verdict import classify
+from crdt_merge_driver.sync.pending import Queue, Record
+from crdt_merge_driver.sync.verdict import classify
 from tests import gitrepo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "git-stderr"
@@ -862,7 +862,7 @@ def test_an_index_lock_left_by_a_killed_sync_is_removed_once_its_group_is_gone(
 HOLDER = """
 import sys, time
 from pathlib import Path
-from crdt_merge_driver.lock import lock
+from crdt_merge_driver.sync.lock import lock
 with lock(Path(sys.argv[1]), sys.stderr):
     print("held", flush=True)
     time.sleep(60)
@@ -1160,7 +1160,7 @@ def test_a_push_that_repairs_a_damaged_remote_file_is_allowed(
 # --- the in-process replay ----------------------------------------------------------------------
 #
 # When every local commit only edits or adds memory files, sync replays them itself instead of
-# running `git rebase` (crdt_merge_driver/replay.py). Each test below runs the real git; the
+# running `git rebase` (crdt_merge_driver/sync/replay.py). Each test below runs the real git; the
 # reflog says which of the two did the work.
 
 REPLAYED = "crdt-merge-driver sync: replayed onto origin/main"

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from crdt_merge_driver.sync import LOCK, REBASE_MARK
+from crdt_merge_driver.sync.landing import LOCK, REBASE_MARK
 from tests import gitrepo
 
 SEED = ("alice", "bob", "carol")
 # Imports first, then waits: the race starts when every interpreter is ready.
 WRITER = """
 import os, runpy, sys, time
-import crdt_merge_driver.cli, crdt_merge_driver.sync
+import crdt_merge_driver.cli, crdt_merge_driver.sync.landing
 while not os.path.exists(os.environ["SYNC_START"]):
     time.sleep(0.002)
 sys.argv = ["crdt-merge-driver", "sync", "-v", *sys.argv[1:]]

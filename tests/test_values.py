@@ -21,11 +21,11 @@ import orjson
 import pytest
 from hypothesis import given
 
-from crdt_merge_driver.clock import _LAST_MICROS, HybridClock, Stamp, stamp_of
+from crdt_merge_driver.core.clock import _LAST_MICROS, HybridClock, Stamp, stamp_of
+from crdt_merge_driver.core.live import machine_version
+from crdt_merge_driver.core.merge import merge_bytes
+from crdt_merge_driver.core.value import MAX_DEPTH, dumps, loads
 from crdt_merge_driver.errors import ExitCode
-from crdt_merge_driver.live import machine_version
-from crdt_merge_driver.merge import merge_bytes
-from crdt_merge_driver.value import MAX_DEPTH, dumps, loads
 from tests.strategies import History, histories
 
 

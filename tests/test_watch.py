@@ -25,11 +25,11 @@ from typing import TextIO, cast
 import pytest
 
 from crdt_merge_driver import schedule
-from crdt_merge_driver.clone import Clone
 from crdt_merge_driver.errors import ExitCode
-from crdt_merge_driver.lock import LOCK as SYNC_LOCK
-from crdt_merge_driver.lock import lock as sync_lock
 from crdt_merge_driver.log import Level, Log
+from crdt_merge_driver.sync.clone import Clone
+from crdt_merge_driver.sync.lock import LOCK as SYNC_LOCK
+from crdt_merge_driver.sync.lock import lock as sync_lock
 from crdt_merge_driver.watch import LOCK, Stopped, Watcher
 from tests import gitrepo
 from tests.memory_server import Entity, MemoryServer, ServerFactory

@@ -36,7 +36,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.core.merge import merge_bytes
 from tests.writer_strategies import (
     AIM_HEADER,
     JSONL_WRITERS,

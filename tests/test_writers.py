@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from crdt_merge_driver.merge import merge_bytes
+from crdt_merge_driver.core.merge import merge_bytes
 from tests import gitrepo
 from tests.memory_server import REPO_ROOT, MemoryServer, server_command
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TextIO
 
 from crdt_merge_driver import PROGRAM, git
-from crdt_merge_driver.clone import Clone, say
 from crdt_merge_driver.errors import CrdtError, GitError, RefusedError
-from crdt_merge_driver.lock import clear_index_lock
-from crdt_merge_driver.verdict import first_line, redact
+from crdt_merge_driver.sync.clone import Clone, say
+from crdt_merge_driver.sync.lock import clear_index_lock
+from crdt_merge_driver.sync.verdict import first_line, redact
 
 # In the git folder (per worktree): the mark of a rebase sync started.
 REBASE_MARK = "crdt-merge-driver-sync.rebasing"

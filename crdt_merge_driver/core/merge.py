@@ -28,10 +28,10 @@ from functools import partial
 
 import orjson
 
-from crdt_merge_driver import envelope
-from crdt_merge_driver.clock import Stamp, stamp_of
-from crdt_merge_driver.codec import diff, parse
-from crdt_merge_driver.document import (
+from crdt_merge_driver.core import envelope
+from crdt_merge_driver.core.clock import Stamp, stamp_of
+from crdt_merge_driver.core.codec import diff, parse
+from crdt_merge_driver.core.document import (
     EMPTY,
     JSONL,
     Buffer,
@@ -43,10 +43,10 @@ from crdt_merge_driver.document import (
     joined_style,
     render,
 )
-from crdt_merge_driver.envelope import is_object_file
+from crdt_merge_driver.core.envelope import is_object_file
+from crdt_merge_driver.core.record import Key, Record, decode, describe, encode, identify, sort_key
+from crdt_merge_driver.core.value import dumps
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.record import Key, Record, decode, describe, encode, identify, sort_key
-from crdt_merge_driver.value import dumps
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it

@@ -25,8 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from crdt_merge_driver import PROGRAM, checkout, early, git
-from crdt_merge_driver.clone import (
+from crdt_merge_driver import PROGRAM, early, git
+from crdt_merge_driver.errors import CrdtError, GaveUpError, GitError
+from crdt_merge_driver.sync import checkout
+from crdt_merge_driver.sync.clone import (
     ATTRIBUTES,
     Clone,
     SyncError,
@@ -35,13 +37,12 @@ from crdt_merge_driver.clone import (
     read_objects,
     say,
 )
-from crdt_merge_driver.errors import CrdtError, GaveUpError, GitError
-from crdt_merge_driver.guard import check_files, check_push, passes
-from crdt_merge_driver.lock import LOCK, lock
-from crdt_merge_driver.pending import Queue, Record
-from crdt_merge_driver.rebase import REBASE_MARK, rebase
-from crdt_merge_driver.replay import Files, Memo, authorship, replay, replayable
-from crdt_merge_driver.retry import (
+from crdt_merge_driver.sync.guard import check_files, check_push, passes
+from crdt_merge_driver.sync.lock import LOCK, lock
+from crdt_merge_driver.sync.pending import Queue, Record
+from crdt_merge_driver.sync.rebase import REBASE_MARK, rebase
+from crdt_merge_driver.sync.replay import Files, Memo, authorship, replay, replayable
+from crdt_merge_driver.sync.retry import (
     WAIT_FIRST,
     WAIT_GROWTH,
     WAIT_LOAD,
@@ -49,8 +50,8 @@ from crdt_merge_driver.retry import (
     WAIT_MAX,
     retrying,
 )
-from crdt_merge_driver.session import fetch, network, prepared, recover_interrupted
-from crdt_merge_driver.verdict import NO_ATOMIC, Transient, classify, refused
+from crdt_merge_driver.sync.session import fetch, network, prepared, recover_interrupted
+from crdt_merge_driver.sync.verdict import NO_ATOMIC, Transient, classify, refused
 
 # What backup, demo, the CLI and the tests use, from where they always found it.
 __all__ = [

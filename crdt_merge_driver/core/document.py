@@ -12,8 +12,8 @@ import mmap
 from array import array
 from collections.abc import Iterable, Iterator
 
-from crdt_merge_driver.record import Key
-from crdt_merge_driver.value import dumps, loads
+from crdt_merge_driver.core.record import Key
+from crdt_merge_driver.core.value import dumps, loads
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it

@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
-from crdt_merge_driver.document import Buffer
+from crdt_merge_driver.core.document import Buffer
+from crdt_merge_driver.core.record import Key, Record, identify, sort_key
+from crdt_merge_driver.core.value import dumps, escape_lone_surrogates, loads
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.record import Key, Record, identify, sort_key
-from crdt_merge_driver.value import dumps, escape_lone_surrogates, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from crdt_merge_driver.errors import CrdtError
 
 # Re-exported (the alias says so to mypy): the sync modules import it from here.
 from crdt_merge_driver.log import say as say  # noqa: PLC0414
-from crdt_merge_driver.verdict import redact
+from crdt_merge_driver.sync.verdict import redact
 
 DRIVER_NAME = install.DEFAULT_NAME  # the name install writes
 # sync's attributes files in the git folder: this name plus a unique suffix.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from crdt_merge_driver.log import say
-from crdt_merge_driver.verdict import Transient
+from crdt_merge_driver.sync.verdict import Transient
 
 if TYPE_CHECKING:
     import tenacity

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from crdt_merge_driver import PROGRAM
-from crdt_merge_driver.clone import DRIVER_NAME, Clone, merge_attributes, read_blobs
-from crdt_merge_driver.codec import parse
+from crdt_merge_driver.core.codec import parse
+from crdt_merge_driver.core.live import plain_keys
+from crdt_merge_driver.core.record import Key, describe
 from crdt_merge_driver.errors import InputError, RefusedError
-from crdt_merge_driver.live import plain_keys
-from crdt_merge_driver.record import Key, describe
+from crdt_merge_driver.sync.clone import DRIVER_NAME, Clone, merge_attributes, read_blobs
 
 
 def check_push(clone: Clone, remote_tip: str | None, head: str, *, allow_mass_delete: bool) -> None:

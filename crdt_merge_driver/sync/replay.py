@@ -34,16 +34,16 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from crdt_merge_driver import KILL_SWITCH, PROGRAM
-from crdt_merge_driver.clone import (
+from crdt_merge_driver.core.merge import merge_bytes
+from crdt_merge_driver.errors import GitError, InputError, RefusedError
+from crdt_merge_driver.sync.clone import (
     DRIVER_NAME,
     Clone,
     Object,
     merge_attributes,
     read_objects,
 )
-from crdt_merge_driver.errors import GitError, InputError, RefusedError
-from crdt_merge_driver.merge import merge_bytes
-from crdt_merge_driver.rebase import refuse_damaged
+from crdt_merge_driver.sync.rebase import refuse_damaged
 
 # What each commit changed, oldest first.
 _RAW_LOG = ("log", "-z", "--reverse", "--topo-order", "--no-renames", "--raw", "--no-abbrev",

@@ -21,8 +21,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
-from crdt_merge_driver.clone import ATTRIBUTES, SyncError, say
 from crdt_merge_driver.errors import RefusedError
+from crdt_merge_driver.sync.clone import ATTRIBUTES, SyncError, say
 
 LOCK = "crdt-merge-driver-sync.lock"
 # What a run killed before its cleanup leaves in the git folder: nobody else

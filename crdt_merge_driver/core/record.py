@@ -21,8 +21,8 @@ first, then relations, as the server writes them, then the rest.
 
 from __future__ import annotations
 
+from crdt_merge_driver.core.value import dumps, loads
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.value import dumps, loads
 
 # On the merge driver's path, where importing typing would cost 3 ms of a
 # 10k-entity merge's 80: names only the type checker needs are imported for it

@@ -23,10 +23,19 @@ from operator import add, not_
 
 import orjson
 
-from crdt_merge_driver.document import ARRAY, EMPTY, JSONL, Buffer, Document, Side, Style, line_at
+from crdt_merge_driver.core.document import (
+    ARRAY,
+    EMPTY,
+    JSONL,
+    Buffer,
+    Document,
+    Side,
+    Style,
+    line_at,
+)
+from crdt_merge_driver.core.record import Key, identify
+from crdt_merge_driver.core.value import dumps, loads
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.record import Key, identify
-from crdt_merge_driver.value import dumps, loads
 
 _CONFLICT_MARKERS = (b"<<<<<<<", b"=======", b">>>>>>>", b"|||||||")
 # The memory server writes every entity line with this prefix (JSON.stringify of

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from crdt_merge_driver.atomic import write_atomic
-from crdt_merge_driver.clone import Clone, read_objects
+from crdt_merge_driver.sync.clone import Clone, read_objects
 
 NAMESPACE = "refs/crdt-merge-driver/pending"
 # In the git folder (per worktree): the ref this clone's commits wait in, and the commit.

@@ -15,15 +15,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from crdt_merge_driver import checkout, early, git, install
-from crdt_merge_driver.clone import Clone, check_idle, current_branch, driver_environment, find_url
+from crdt_merge_driver import early, git, install
 from crdt_merge_driver.errors import GitError
-from crdt_merge_driver.lock import lock
-from crdt_merge_driver.rebase import recover
-from crdt_merge_driver.verdict import MISSING_BRANCH, Transient, classify
+from crdt_merge_driver.sync import checkout
+from crdt_merge_driver.sync.clone import (
+    Clone,
+    check_idle,
+    current_branch,
+    driver_environment,
+    find_url,
+)
+from crdt_merge_driver.sync.lock import lock
+from crdt_merge_driver.sync.rebase import recover
+from crdt_merge_driver.sync.verdict import MISSING_BRANCH, Transient, classify
 
 if TYPE_CHECKING:
-    from crdt_merge_driver.pending import Queue
+    from crdt_merge_driver.sync.pending import Queue
 
 
 @contextmanager

@@ -23,13 +23,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from crdt_merge_driver.clock import HybridClock, Stamp, stamp_of
-from crdt_merge_driver.codec import diff
-from crdt_merge_driver.document import EMPTY, Buffer
+from crdt_merge_driver.core.clock import HybridClock, Stamp, stamp_of
+from crdt_merge_driver.core.codec import diff
+from crdt_merge_driver.core.document import EMPTY, Buffer
+from crdt_merge_driver.core.merge import union
+from crdt_merge_driver.core.record import Key, Record, decode, encode, identify
+from crdt_merge_driver.core.value import dumps, has_long_digits, loads
 from crdt_merge_driver.errors import InputError
-from crdt_merge_driver.merge import union
-from crdt_merge_driver.record import Key, Record, decode, encode, identify
-from crdt_merge_driver.value import dumps, has_long_digits, loads
 
 _ENTITY_FIELDS = ("type", "name", "entityType", "observations")
 _RELATION_FIELDS = ("type", "from", "to", "relationType")

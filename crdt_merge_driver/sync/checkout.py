@@ -25,10 +25,10 @@ import os
 from typing import TextIO
 
 from crdt_merge_driver import PROGRAM
-from crdt_merge_driver.clone import Clone, say
-from crdt_merge_driver.lock import clear_index_lock
-from crdt_merge_driver.rebase import rebase
-from crdt_merge_driver.verdict import Transient
+from crdt_merge_driver.sync.clone import Clone, say
+from crdt_merge_driver.sync.lock import clear_index_lock
+from crdt_merge_driver.sync.rebase import rebase
+from crdt_merge_driver.sync.verdict import Transient
 
 # In the git folder (per worktree): the two commits of a replay that is moving HEAD.
 REPLAY_MARK = "crdt-merge-driver-sync.replaying"
