@@ -212,60 +212,17 @@ def test_the_merge_holds_the_graph_of_the_merge_of_the_servers_files(
     for name, held in expected.entities.items():
         assert got.entities.get(name) == held, f"entity {name!r}"
     assert expected.relations <= got.relations, "a relation lost"
-    # Deletions kept: nothing more, but for the open bug of mcp-think-tank's re-stamps.
-    revived = revived_by_a_restamp(history) if writer == "think-tank" else EMPTY
-    for name in got.entities.keys() - expected.entities.keys():
-        assert revived.entities.get(name) == got.entities[name], f"deleted entity {name!r} back"
-    assert got.relations - expected.relations <= revived.relations, "a deleted relation back"
+    # Deletions kept: nothing more.
+    assert got.entities.keys() <= expected.entities.keys(), "a deleted entity back"
+    assert got.relations <= expected.relations, "a deleted relation back"
 
 
-EMPTY = Memory({}, frozenset())
-
-
-def revived_by_a_restamp(history: WriterHistory) -> Memory:
-    """What a deletion on one side loses to a mere re-save on the other (mcp-think-tank).
-
-    The ancestor's records that one side deleted and the other holds as the
-    ancestor had them, but re-stamped (``_savedAt``) because that side saved
-    the file for another edit. The merge keeps them (a deletion against a
-    change), where the merge of the server's files deletes them: see
-    `test_think_tank_a_deletion_is_not_undone_by_a_save_of_the_other_side`.
-    """
-    base, *sides = (_by_identity(jsonl_records(data)) for data in history.official)
-    entities, relations = {}, set()
-    for deleting, keeping, written in ((0, 1, history.written[2]), (1, 0, history.written[1])):
-        if written == history.written[0]:
-            continue  # that side was not saved: nothing re-stamped
-        for key, record in base.items():
-            if key not in sides[deleting] and sides[keeping].get(key) == record:
-                if isinstance(key, str):
-                    memory = memory_of([record])
-                    entities[key] = memory.entities[key]
-                else:
-                    relations.add(key)
-    return Memory(entities, frozenset(relations))
-
-
-def _by_identity(records: list[Record]) -> dict[str | Relation, Record]:
-    return {
-        record["name"] if _kind(record) == "entity"
-        else (record["from"], record["to"], record["relationType"]): record
-        for record in records
-    }  # fmt: skip
-
-
-# Open (found by hypothesis, 2026-12-03, issue 11): mcp-think-tank re-stamps `_savedAt` on every
-# record at every save, so a side that saved for any edit holds every other record "changed";
-# the merge takes that change over the other side's deletion of the record (the rule "deleted
-# against changed: kept"), and the deleted entity or relation comes back. On the server's files
-# the same history deletes it. Minimal (T0 < T1 < T2):
+# Found by hypothesis (2026-12-03, issue 11): mcp-think-tank re-stamps `_savedAt` on every
+# record at every save, so a side that saved for any edit holds every other record "changed"
+# in that field alone; such a record counts as unchanged (merge-rules.md, "Save stamps"), or
+# the other side's deletion of it would be undone. Minimal (T0 < T1 < T2):
 #   O: Ada [] @T0, Bob [] @T0      A: Ada ["x"] @T1, Bob [] @T1 (only re-stamped)      B: Ada [] @T2
-#   merge(O, A, B) holds Bob (A's line); merge of the server's O, A, B holds only Ada ["x"].
-# Tried and reverted: ignoring "_" fields against a deletion fixes this but breaks
-# associativity (test_merges_with_a_common_ancestor_associate[think-tank], CI 2026-12-03): a
-# deletion that beats a re-stamp in one grouping discards the re-stamp the other grouping keeps.
-@pytest.mark.xfail(strict=True, reason="think-tank: a save's re-stamp undoes the other side's "
-                                       "deletion")  # fmt: skip
+# On the server's files the same history deletes Bob.
 def test_think_tank_a_deletion_is_not_undone_by_a_save_of_the_other_side() -> None:
     def entity(name: str, observations: list[str], saved_at: str) -> bytes:
         return orjson.dumps({

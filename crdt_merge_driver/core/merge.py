@@ -5,13 +5,14 @@ Records are matched by identity (see `record`) and merged one by one:
 * added on either side: kept; changed on one side only: that change wins;
 * deleted on one side and untouched on the other: deleted; deleted on one
   side and changed on the other: kept, with the change (nothing is lost);
+* a side that only re-laid the record, or only re-stamped its writer's save
+  time (``_savedAt``), left it unchanged;
 * changed on both sides: the observations merge as a set against the
   ancestor (additions from both kept, a removal on either side stays
-  removed), and the rest of the record, its *register* (``entityType``, any
-  unknown field, the ``_crdt`` stamp), is taken whole from one side: the one
-  that did not change it, else the later stamp, else the greater canonical
-  bytes. A stamped register beats an unstamped one. This is a total order on
-  content, so the choice never depends on which side is "ours".
+  removed), and every other field merges on its own: the side that changed
+  it, else the later stamp, else the greater value. A stamped side beats an
+  unstamped one; the stamp goes with the fields it dates. This is a total
+  order on content, so the choice never depends on which side is "ours".
 
 Lines that are byte-identical to the ancestor's are not parsed again. Output
 order: records that survive from the ancestor keep its order, new records
@@ -457,11 +458,17 @@ class _Merger:
             return b
         if same_b:
             return a
+        # A side that only re-stamped its writer's save time left the record
+        # as it was, by the same reasoning: the other side's change wins whole.
+        resaved_a, resaved_b = _resaved(was, ours), _resaved(was, theirs)
+        if resaved_a != resaved_b:
+            return a if resaved_b else b
         return self._combine(key, was, ours, theirs)
 
-    def _same(self, key: Key, x: bytes, y: bytes) -> bool:
+    def _same(self, key: Key, now: bytes, was: bytes) -> bool:
         """Whether a record was left as it was, for a deletion on the other side to win."""
-        return encode(self.value(key, x)) == encode(self.value(key, y))
+        before, after = self.value(key, was), self.value(key, now)
+        return encode(after) == encode(before) or _resaved(before, after)
 
     def _combine(self, key: Key, o: Record | None, a: Record, b: Record) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
@@ -593,6 +600,24 @@ _NUMBER_STARTS = frozenset(bytes([c]) for c in b"-0123456789")
 
 
 _METADATA = ("_crdt", "_crdt_metadata")
+
+# Fields a writer rewrites on every record at every save (mcp-think-tank's
+# `_savedAt`), whatever changed: a record that differs from the ancestor in
+# these alone was only saved again, not edited. Counted as an edit, a save for
+# any change would undo the other side's deletion of every other record.
+# (memory-graph's `updatedAt` is not one: it moves only with an edit.)
+_SAVE_STAMPS = ("_savedAt",)
+
+
+def _resaved(was: Record, now: Record) -> bool:
+    """Whether ``now`` differs from ``was`` in its save stamps alone."""
+    if not any(name in was or name in now for name in _SAVE_STAMPS):
+        return False
+    return encode(_unsaved(was)) == encode(_unsaved(now))
+
+
+def _unsaved(record: Record) -> Record:
+    return {name: value for name, value in record.items() if name not in _SAVE_STAMPS}
 _ABSENT = b""  # the canonical bytes of a field a record does not have
 
 
