@@ -494,7 +494,12 @@ class _Merger:
         the fields it dates: the side whose fields the result holds, else
         (fields from both, or the same fields) the later stamp.
         """
+        # A stamp the side kept from the ancestor dates none of its changes.
+        stamp_o = stamp_of(o) if o is not None else None
         stamp_a, stamp_b = stamp_of(a), stamp_of(b)
+        if stamp_o is not None:
+            stamp_a = None if stamp_a == stamp_o else stamp_a
+            stamp_b = None if stamp_b == stamp_o else stamp_b
         rank_a = (stamp_a is not None, stamp_a or _UNSTAMPED, _metadata_bytes(a))
         rank_b = (stamp_b is not None, stamp_b or _UNSTAMPED, _metadata_bytes(b))
         merged: Record = {}
@@ -618,6 +623,8 @@ def _resaved(was: Record, now: Record) -> bool:
 
 def _unsaved(record: Record) -> Record:
     return {name: value for name, value in record.items() if name not in _SAVE_STAMPS}
+
+
 _ABSENT = b""  # the canonical bytes of a field a record does not have
 
 
