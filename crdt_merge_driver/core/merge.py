@@ -443,17 +443,24 @@ class _Merger:
             return b
         if b == o:
             return a
-        # Both differ from the ancestor's bytes. A side that only laid the record
-        # out otherwise (key order, spacing, escapes) left it as it was, as it
-        # does against a deletion: the other side's change wins whole, in its
-        # own bytes, as it would merged with the ancestor itself. Otherwise the
-        # result would depend on whether that side met the change or a
-        # deletion first (merge-rules.md, "Layout").
+        return self._both_changed(key, o, a, b)
+
+    def _both_changed(self, key: Key, o: bytes, a: bytes, b: bytes) -> bytes:
+        """The merge of a record whose bytes differ from the ancestor's on both sides."""
+        # A side that only laid the record out otherwise (key order, spacing,
+        # escapes) left it as it was, as it does against a deletion: the other
+        # side's change wins whole, in its own bytes, as it would merged with
+        # the ancestor itself. Otherwise the result would depend on whether
+        # that side met the change or a deletion first (merge-rules.md, "Layout").
         was, ours, theirs = (self.value(key, raw) for raw in (o, a, b))
         held = encode(was)
         same_a, same_b = encode(ours) == held, encode(theirs) == held
         if same_a and same_b:
-            return encode(ours, like=was)
+            # Both only re-laid it, differently: one of the two layouts, the
+            # greater bytes. A layout of neither side (the canonical encoding)
+            # could be the ancestor's own bytes, which a later merge would
+            # take for "unchanged"; then three re-layouts did not associate.
+            return max(a, b)
         if same_a:
             return b
         if same_b:
@@ -463,7 +470,14 @@ class _Merger:
         resaved_a, resaved_b = _resaved(was, ours), _resaved(was, theirs)
         if resaved_a != resaved_b:
             return a if resaved_b else b
-        return self._combine(key, was, ours, theirs)
+        merged = self._combined(key, was, ours, theirs)
+        if encode(merged) == held:
+            # Both changes fold away in the set merge (observations reordered,
+            # or one held twice): the ancestor's value, but not as its bytes,
+            # which a later merge would take for "unchanged" and let a
+            # deletion win. One side's bytes, the greater, as for layouts.
+            return max(a, b)
+        return encode(merged, like=was)
 
     def _same(self, key: Key, now: bytes, was: bytes) -> bool:
         """Whether a record was left as it was, for a deletion on the other side to win."""
@@ -472,6 +486,9 @@ class _Merger:
 
     def _combine(self, key: Key, o: Record | None, a: Record, b: Record) -> bytes:
         """Both sides hold the record and differ: merge it field by field."""
+        return encode(self._combined(key, o, a, b), like=o)
+
+    def _combined(self, key: Key, o: Record | None, a: Record, b: Record) -> Record:
         entity = type(key) is str
         merged = self._fields(key, o, a, b, entity=entity)
         if entity and ("observations" in a or "observations" in b):
@@ -480,7 +497,7 @@ class _Merger:
                 a.get("observations", []),
                 b.get("observations", []),
             )
-        return encode(merged, like=o)
+        return merged
 
     def _fields(self, key: Key, o: Record | None, a: Record, b: Record, *, entity: bool) -> Record:
         """Every field but the observations, each merged against the ancestor on its own.
