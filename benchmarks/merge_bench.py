@@ -597,8 +597,8 @@ def driver_version(git_exe: str) -> str:
         return "crdt_merge_driver not importable"
     package = Path(spec.origin).parent
     digest = hashlib.sha256()
-    for source in sorted(package.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for source in sorted(package.rglob("*.py")):  # core/ and sync/ too
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
     commit = _command(git_exe, "rev-parse", "--short", "HEAD", cwd=package) or "no commit"
     if _command(git_exe, "status", "--porcelain", "--", ".", cwd=package):
         commit += " + uncommitted changes"
