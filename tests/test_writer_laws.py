@@ -238,6 +238,23 @@ def test_think_tank_a_deletion_is_not_undone_by_a_save_of_the_other_side() -> No
     assert result == Memory({"Ada": ("person", frozenset({"x"}))}, frozenset())
 
 
+def test_think_tank_a_merge_that_folds_back_to_a_resave_is_still_a_change() -> None:
+    # Found by review (2026-12-04): A and B each held one observation twice and re-saved; their
+    # merge was the ancestor's value with B's `_savedAt`, "only re-saved", so C's deletion won
+    # over it, where it lost to B's change merged first.
+    def x(observations: str, saved_at: str) -> bytes:
+        return orjson.dumps({
+            "name": "X", "entityType": "t",
+            "observations": [{"text": text, "timestamp": "1"} for text in observations],
+            "_type": "entity", "_savedAt": saved_at,
+        }) + b"\n"  # fmt: skip
+
+    base, a, b, c = x("ab", "s0"), x("aab", "s1"), x("abb", "s2"), b""
+    left = merged(base, merged(base, a, b), c)
+    assert left == merged(base, a, merged(base, b, c))
+    assert left != b""  # a change on both sides, against a deletion: kept
+
+
 @_WRITER
 @settings(max_examples=50)
 @given(data=st.data())

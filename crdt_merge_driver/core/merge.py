@@ -471,11 +471,12 @@ class _Merger:
         if resaved_a != resaved_b:
             return a if resaved_b else b
         merged = self._combined(key, was, ours, theirs)
-        if encode(merged) == held:
+        if not (resaved_a and resaved_b) and (encode(merged) == held or _resaved(was, merged)):
             # Both changes fold away in the set merge (observations reordered,
-            # or one held twice): the ancestor's value, but not as its bytes,
-            # which a later merge would take for "unchanged" and let a
-            # deletion win. One side's bytes, the greater, as for layouts.
+            # or one held twice): the ancestor's value, or its re-save, which
+            # a later merge would take for "unchanged" and let a deletion win,
+            # where it lost to either change alone. One side's bytes, the
+            # greater, as for layouts: still a change.
             return max(a, b)
         return encode(merged, like=was)
 
@@ -684,13 +685,25 @@ def _merge_sets(o: list[Any], a: list[Any], b: list[Any]) -> list[Any]:
     either side stays removed. One observation the versions hold in
     different forms (a new timestamp, say) is merged as a register: one
     side's change, else the greater canonical bytes. Survivors keep the
-    ancestor's order; additions follow, sorted.
+    ancestor's order; additions follow, sorted. A side whose list is the
+    ancestor's takes the other side's list as it is.
     """
     list_o, list_a, list_b = (dumps(x, sort_keys=True) for x in (o, a, b))
     if list_a in (list_b, list_o):
         return b
     if list_b == list_o:
         return a
+    merged = _merged_set(o, a, b)
+    if dumps(merged, sort_keys=True) == list_o:
+        # Both changed only what the set merge folds away (the order, an
+        # observation twice): not the ancestor's list, which a later merge
+        # would take for "unchanged" and replace by a third side's order in
+        # one grouping only. The greater of the two sides' lists.
+        return a if list_a > list_b else b
+    return merged
+
+
+def _merged_set(o: list[Any], a: list[Any], b: list[Any]) -> list[Any]:
     in_o, in_a, in_b = _elements(o), _elements(a), _elements(b)
     merged: list[Any] = []
     for key, (canonical_o, _) in in_o.items():
