@@ -12,12 +12,12 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 from crdt_merge_driver.core.live import records_of
 from crdt_merge_driver.core.merge import join_bytes, merge_bytes
 from crdt_merge_driver.errors import InputError
-from tests.strategies import History, histories
+from tests.strategies import History, damaged_triples, histories
 
 ADA = {"type": "entity", "name": "Ada", "entityType": "person", "observations": ["likes tea"]}
 BOB = {"type": "entity", "name": "Bob", "entityType": "person", "observations": []}
@@ -69,6 +69,28 @@ def test_an_object_file_merges_as_the_same_memory_one_record_a_line(history: His
     assert merged.startswith(b'{\n  "entities": [') and merged.endswith(b"\n}\n")
 
 
+def every_line_as_object(data: bytes) -> bytes:
+    """A JSONL file as one object, keeping every line: a record held twice stays twice."""
+    records = [json.loads(line) for line in data.splitlines() if line.strip()]
+    value = {
+        "entities": [record for record in records if record.get("type") == "entity"],
+        "relations": [record for record in records if record.get("type") == "relation"],
+    }
+    return json.dumps(value, indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+@settings(max_examples=300)
+@given(damaged_triples())
+def test_records_held_twice_in_an_object_merge_as_held_twice_in_lines(
+    files: tuple[bytes, bytes, bytes],
+) -> None:
+    # Found by review (2026-12-04): a side's two copies were folded with no ancestor, so a
+    # stale copy brought back what the side had removed; lines fold against the ancestor.
+    lines, _ = merge_bytes(*files)
+    merged, _ = merge_bytes(*(every_line_as_object(data) for data in files))
+    assert memory_of(merged) == jsonl_memory(lines)
+
+
 def test_untouched_records_and_the_layout_come_back_as_they_were() -> None:
     o = json.dumps({"entities": [ADA, BOB], "relations": []}, indent=4).replace("\n", "\r\n")
     a = json.dumps({"entities": [ADA, {**BOB, "observations": ["new"]}], "relations": []},
@@ -104,10 +126,15 @@ def test_a_file_both_sides_added_takes_their_layout() -> None:
 
 
 def test_a_record_held_twice_in_a_section_is_folded_into_one() -> None:
+    # Against the ancestor's version, as a line held twice is: the copy that is the
+    # ancestor's changed nothing, the other is the change. With no ancestor: both kept.
     o = json.dumps({"entities": [ADA], "relations": []}).encode()
     twice = {"type": "entity", "name": "Ada", "entityType": "person", "observations": ["more"]}
     a = json.dumps({"entities": [ADA, twice], "relations": []}).encode()
     merged = json.loads(merge_bytes(o, a, o)[0])
+    assert [entity["observations"] for entity in merged["entities"]] == [["more"]]
+    new = json.dumps({"entities": [BOB], "relations": []}).encode()
+    merged = json.loads(merge_bytes(new, a, new)[0])
     assert [entity["observations"] for entity in merged["entities"]] == [["likes tea", "more"]]
 
 
@@ -124,6 +151,9 @@ KEYED = json.dumps({"entities": {"Ada": ADA}, "relations": {}}, indent=2).encode
         (LISTS, b'{\n  "entities": {},\n  "relations": []\n}', '"entities" is an object here'),
         (KEYED, b'{\n  "entities": {},\n  "relations": {"Ada": 1}\n}',
          'record "Ada": expected a JSON object'),
+        # Not another kind of record under the same key (found by review, 2026-12-04).
+        (KEYED, b'{"entities": {"Ada": {"name": "Ada", "observations": "x"}}, "relations": {}}',
+         "entity 'Ada': \"observations\" must be a list"),
         (LISTS, b'{"type":"entity","name":"Ada","entityType":"x","observations":[]}',
          "a change of format is not merged"),
     ],

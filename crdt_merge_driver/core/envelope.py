@@ -225,9 +225,14 @@ def _merge_section(
     keyed: bool,
 ) -> Any:  # fmt: skip
     """One section merged record by record: survivors in the ancestor's order, then additions."""
-    indexed = [_index(version.get(name), label, record, keyed=keyed) for version, label in
-               zip(versions, labels, strict=True)]  # fmt: skip
-    o_records, a_records, b_records = indexed
+    o, a, b = versions
+    o_records, o_repeated = _index(name, o.get(name), labels[0], record, keyed=keyed)
+    # A side's repeats fold against the ancestor's version, as `merge` folds a
+    # line held twice: else a stale copy would bring back what a side removed.
+    ancestor = {key: entry[0] for key, entry in o_records.items() if key not in o_repeated}
+    a_records, _ = _index(name, a.get(name), labels[1], record, keyed=keyed, ancestor=ancestor)
+    b_records, _ = _index(name, b.get(name), labels[2], record, keyed=keyed, ancestor=ancestor)
+    indexed = [o_records, a_records, b_records]
     keys = list(o_records)
     new = {key for records in (a_records, b_records) for key in records if key not in o_records}
     keys += sorted(new, key=sort_key)
@@ -248,47 +253,59 @@ def _merge_section(
 
 
 def _index(
-    section: Any, label: str, record: RecordMerge, *, keyed: bool
-) -> dict[Key, tuple[bytes, Any]]:
-    """A section's records by identity: their bytes and their value.
+    name: str, section: Any, label: str, record: RecordMerge, *, keyed: bool,
+    ancestor: dict[Key, bytes] | None = None,
+) -> tuple[dict[Key, tuple[bytes, Any]], set[Key]]:  # fmt: skip
+    """A section's records by identity (their bytes and value), and the identities held twice.
 
     A record held twice (a hand merge, say) is folded into one by ``record``
-    with no ancestor, as `merge` folds a line held twice.
+    against its version in ``ancestor`` (none there: no ancestor), as `merge`
+    folds a line held twice.
     """
     import json  # noqa: PLC0415  # only for object files, off the driver's usual path
 
-    if section is None:
-        return {}
     found: dict[Key, tuple[bytes, Any]] = {}
+    repeated: set[Key] = set()
+    if section is None:
+        return found, repeated
     items = section.items() if keyed else enumerate(section)
     for at, value in items:
         try:
             if keyed:
                 if type(value) is not dict:
                     raise InputError(f"record {json.dumps(at)}: expected a JSON object")
-                # Matched by its key; an entity's key is its name, so it stays one.
-                key = _keyed_identity(str(at), value)
+                key = _keyed_identity(name, str(at), value)
             else:
                 key = identify(value)
         except InputError as error:
             raise error.located(label) from None
         entry = (dumps(value), value)
         held = found.get(key)
+        if held is not None:
+            repeated.add(key)
         if held is not None and held[0] != entry[0]:
-            folded = record(key, None, held[0], entry[0])
+            folded = record(key, (ancestor or {}).get(key), held[0], entry[0])
             assert folded is not None  # both present: never a deletion
             entry = next((x for x in (held, entry) if x[0] == folded), (folded, None))
             if entry[1] is None:
                 entry = (folded, loads(folded))
         found[key] = entry
-    return found
+    return found, repeated
 
 
-def _keyed_identity(at: str, value: Record) -> Key:
-    """A record of a section keyed by name: an entity (its observations merge as a set) or not."""
-    if type(value.get("observations")) is list:
-        return at
-    return b"key:" + at.encode("utf-8", "surrogatepass")
+def _keyed_identity(section: str, at: str, value: Record) -> Key:
+    """A record of a section keyed by name: matched by its key alone, whatever its shape.
+
+    In "entities" an entity, whose observations merge as a set: refused if
+    they are not a list, as a tagged entity line is (a record that changed
+    kind between versions would be two records under one key). In any other
+    section a record merged field by field.
+    """
+    if section != "entities":
+        return b"key:" + at.encode("utf-8", "surrogatepass")
+    if "observations" in value and type(value["observations"]) is not list:
+        raise InputError(f'entity {at!r}: "observations" must be a list')
+    return at
 
 
 def _label_of(key: Key) -> str:
