@@ -205,8 +205,10 @@ def backup(
                          " what it has that this machine lacks comes with a later run")  # fmt: skip
             # A sync only for what there is to land: this round's commit, what an
             # earlier run left unpushed, or what the remote has that HEAD lacks.
+            # Unpushed commits are tried even when the fetch failed: a backup
+            # that cannot land what it holds fails, whichever run committed it.
             landed = ""
-            if fresh or (reached and head != tracking):
+            if fresh or (head != tracking and (reached or _unpushed(place, head, tracking))):
                 landed = "" if fresh else _left_unpushed(place, head, tracking)
                 place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log,
                            allow_mass_delete=allow_mass_delete,
@@ -414,11 +416,21 @@ class _Fetched(enum.Enum):
 
 def _left_unpushed(place: Place, head: str | None, tracking: str | None) -> str:
     """What to add to the summary line when this round pushes what an earlier run left."""
-    if head is None:
-        return ""
-    since = f"{tracking}..{head}" if tracking else head
-    count = int(place.git("rev-list", "--count", since).stdout or b"0")
+    count = _unpushed(place, head, tracking)
     return f"; pushed {count} commit{'s' * (count != 1)} an earlier run left" if count else ""
+
+
+def unpushed(place: Place) -> int:
+    """How many commits HEAD holds that the remote's branch, as last fetched, lacks."""
+    head, tracking = place.revs("HEAD", place.tracking)
+    return _unpushed(place, head, tracking)
+
+
+def _unpushed(place: Place, head: str | None, tracking: str | None) -> int:
+    if head is None:
+        return 0
+    since = f"{tracking}..{head}" if tracking else head
+    return int(place.git("rev-list", "--count", since).stdout or b"0")
 
 
 def _nothing_new(place: Place, base: str | None, then: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from crdt_merge_driver import PROGRAM, git, install, schedule
-from crdt_merge_driver.backup import DEFAULT_AS, MEMORY_KEY, Place, live_path, remote_of
+from crdt_merge_driver.backup import DEFAULT_AS, MEMORY_KEY, Place, live_path, remote_of, unpushed
 from crdt_merge_driver.core.live import same_graph
 from crdt_merge_driver.doctor import doctor
 from crdt_merge_driver.errors import CrdtError, ExitCode, GitError
@@ -43,6 +43,7 @@ class Status(NamedTuple):
     memory: Path
     live_exists: bool
     local_changes: bool
+    unpushed: int  # commits of this clone the remote's branch lacks (as last fetched)
     remote_ahead: bool | None  # None: the remote could not be asked
     remote_error: str | None
     fetched: bool
@@ -56,7 +57,7 @@ class Status(NamedTuple):
 
     @property
     def in_sync(self) -> bool:
-        return not self.local_changes and self.remote_ahead is False
+        return not self.local_changes and not self.unpushed and self.remote_ahead is False
 
     @property
     def exit_code(self) -> ExitCode:
@@ -100,8 +101,13 @@ def status(
     elif live is None:  # no live file (a new machine, a typo): it lacks all the remote has
         remote_ahead = tip is not None and not same_graph(place.blob(tip) or b"", b"")
     else:
-        remote_ahead = tip is not None and tip != synced and not same_graph(
-            place.blob(tip) or b"", at_sync
+        # Not ahead where the last-sync point already holds the remote's tip: a
+        # backup whose push failed moved that point past it, to its own commit.
+        remote_ahead = (
+            tip is not None
+            and tip != synced
+            and not _holds(place, synced, tip)
+            and not same_graph(place.blob(tip) or b"", at_sync)
         )
     found = schedule.find(schedule.tag(top))
     ran = schedule.log_path(top)
@@ -114,6 +120,7 @@ def status(
         driver_problems=[line for line in diagnosis.lines if line.startswith("problem:")],
         memory=place.memory, live_exists=live is not None,
         local_changes=live is not None and not same_graph(live, at_sync),
+        unpushed=unpushed(place),
         remote_ahead=remote_ahead, remote_error=remote_error, fetched=not offline,
         last_backup=backed, last_backup_commit=own,
         last_restore=_last_move(place, place.ref()), last_restore_commit=synced,
@@ -121,6 +128,14 @@ def status(
         schedule_last_ran=_iso(ran.stat().st_mtime) if ran.exists() else None,
         waiting=waiting,
     )  # fmt: skip
+
+
+def _holds(place: Place, commit: str | None, other: str) -> bool:
+    """Whether ``commit`` has ``other`` in its history."""
+    if commit is None:
+        return False
+    found = place.git("merge-base", "--is-ancestor", other, commit, check=False)
+    return found.returncode == 0
 
 
 def find_clone(repo: Path | None) -> Path:
@@ -189,8 +204,13 @@ def render(found: Status) -> list[str]:
         lines.append(f"live file: {found.memory} does not exist yet")
     elif found.local_changes:
         lines.append(f"live file: {found.memory} holds changes not backed up yet")
+    elif found.unpushed:
+        lines.append(f"live file: {found.memory}: everything in it is committed, not all pushed")
     else:
         lines.append(f"live file: {found.memory}: everything in it is backed up")
+    if found.unpushed:
+        count = found.unpushed
+        lines.append(f"local: {count} commit{'s' * (count != 1)} not pushed yet")
     if found.remote_error:
         lines.append(f"remote: unreachable ({found.remote_error}); not known whether it moved on")
     else:
@@ -208,7 +228,7 @@ def render(found: Status) -> list[str]:
                      f"{found.schedule_last_ran or 'never (no log yet)'}")  # fmt: skip
     lines += [f"waiting in the sync queue: {ref}" for ref in found.waiting]
     # Nothing here to back up: the remote's memory only has to come in.
-    verb = "backup" if found.live_exists and found.local_changes else "restore"
+    verb = "backup" if found.live_exists and (found.local_changes or found.unpushed) else "restore"
     command = shlex.join([PROGRAM, verb, "--repo", str(found.repo), "--memory", str(found.memory)])
     lines.append("in sync" if found.in_sync else f"not in sync: run `{command}`")
     return lines

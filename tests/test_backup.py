@@ -876,6 +876,27 @@ def test_a_backup_that_pushes_what_an_earlier_run_left_says_so(
     assert "found a bug" in remote_graph(remote)[0]["Ada"][1]
 
 
+def test_a_backup_that_cannot_push_what_an_earlier_run_left_fails(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # Found by review (2026-12-04): the second run saw nothing new in the live file and
+    # exited 0, "nothing new", though the first run's commit had never left the machine.
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    laptop.server.add_observations([observe("Ada", "found a bug")])
+    away = tmp_path / "away.git"
+    remote.rename(away)
+    assert laptop.run("backup").returncode == ExitCode.GIT
+    before = laptop.live.stat()
+    again = laptop.run("backup")
+    assert again.returncode == ExitCode.GIT, again.stderr
+    assert laptop.live.stat().st_mtime_ns == before.st_mtime_ns  # the live file left alone
+    away.rename(remote)
+    ok(laptop.run("backup"))
+    assert "found a bug" in remote_graph(remote)[0]["Ada"][1]
+
+
 # --- round trips ------------------------------------------------------------------------
 
 

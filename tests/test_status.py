@@ -121,6 +121,28 @@ def test_an_unreachable_remote_is_one_clear_line(
     assert status(laptop, "--offline")[0] == ExitCode.OK  # no fetch: as of the last one
 
 
+def test_a_commit_no_push_landed_is_not_in_sync(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # Found by review (2026-12-04): after a backup whose push failed, status said
+    # "everything in it is backed up" and, the remote back, that the remote was ahead.
+    laptop, _ = joined(tmp_path, remote, memory_server_factory)
+    laptop.server.add_observations([{"entityName": "Ada", "contents": ["found a bug"]}])
+    away = tmp_path / "away.git"
+    remote.rename(away)
+    assert laptop.run("backup", "--repo", str(laptop.clone)).returncode == ExitCode.GIT
+    for args in (("--offline",), ()):
+        if not args:
+            away.rename(remote)
+        code, found, plain = status(laptop, *args)
+        assert code == ExitCode.CONFLICT and found["in_sync"] is False, plain
+        assert found["unpushed"] == 1 and found["local_changes"] is False
+        assert found["remote_ahead"] is False
+        assert "1 commit not pushed yet" in plain
+        assert plain.rstrip().endswith(f"run `crdt-merge-driver backup --repo {laptop.clone} "
+                                       f"--memory {laptop.live}`")  # fmt: skip
+
+
 def test_status_finds_the_clone_and_live_file_setup_made(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:
