@@ -8,7 +8,10 @@ the flow.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -61,7 +64,7 @@ def setup(
     argv = _backup_argv(top, live, command="watch" if chosen == "watch" else "backup")
     entry = schedule.Entry(schedule.tag(top), argv, every, schedule.log_path(top))
     if chosen == "none":
-        say(log, f"no schedule (--schedule none); back up with: {' '.join(entry.argv)}",
+        say(log, f"no schedule (--schedule none); back up with: {shlex.join(entry.argv)}",
             summary=True)  # fmt: skip
     else:
         for line in schedule.install(chosen, entry):
@@ -154,6 +157,19 @@ def _bring_together(top: Path, live: Path, log: TextIO) -> None:
 def _backup_argv(top: Path, live: Path, *, command: str = "backup") -> list[str]:
     # Absolute paths: cron and systemd start it from $HOME, with a bare PATH.
     # The merge driver's interpreter options: -I would hide a `pip install --user` package.
-    return [sys.executable, *install.DRIVER_FLAGS, "-m", "crdt_merge_driver", command,
-            "--repo", str(top), "--memory", str(live),
+    return [*_user_base(), sys.executable, *install.DRIVER_FLAGS, "-m", "crdt_merge_driver",
+            command, "--repo", str(top), "--memory", str(live),
             "--log", str(schedule.log_path(top))]  # fmt: skip
+
+
+def _user_base() -> list[str]:
+    """``env PYTHONUSERBASE=...`` where this package was found through that variable.
+
+    A `pip install --user` into a user base the variable moved is found by
+    Python's site (even under -E) only where the variable is set, and cron and
+    systemd start with an environment of their own: the scheduled line sets it.
+    """
+    moved = os.environ.get("PYTHONUSERBASE")
+    if not moved or not Path(__file__).resolve().is_relative_to(Path(moved).resolve()):
+        return []
+    return [shutil.which("env") or "/usr/bin/env", f"PYTHONUSERBASE={moved}"]

@@ -260,6 +260,29 @@ def test_installed_driver_merges_a_concurrent_pull_and_doctor_proves_it(
     assert "the interpreter /nowhere/bin/python does not exist" in problem
 
 
+def test_the_backup_setup_schedules_runs_in_cron_s_bare_environment(
+    installed: Installed, tmp_path: Path, remote: Path
+) -> None:
+    # Found by review (2026-12-04): after a `pip install --user` into a moved PYTHONUSERBASE,
+    # the scheduled line failed with "No module named crdt_merge_driver" every time, before
+    # its log opened, since cron does not have the variable.
+    live = tmp_path / "memory.jsonl"
+    live.write_bytes(memory("A"))
+    done = cli(installed, "setup", str(remote), "--repo", str(tmp_path / "clone"),
+               "--memory", str(live), "--schedule", "none")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "back up with: " in line]
+    argv = shlex.split(line.partition("back up with: ")[2])
+    # What cron gives a job: HOME, a bare PATH, no PYTHON* (git config kept sealed).
+    cron = {"HOME": os.environ["HOME"], "PATH": "/usr/bin:/bin",
+            **{key: value for key, value in os.environ.items() if key.startswith("GIT_CONFIG")}}
+    live.write_bytes(memory("A", "B"))
+    ran = run(argv, env=cron, cwd=tmp_path, check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    pushed = gitrepo.git(remote, "show", "HEAD:memory.jsonl").encode()
+    assert set(gitrepo.graph(pushed)[0]) == {"A", "B"}
+
+
 def test_the_old_isolated_driver_cannot_see_a_user_install(
     user_install: Installed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
