@@ -443,7 +443,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--memory",
             metavar="FILE",
-            help="live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE)",
+            help="live file (default $MEMORY_FILE_PATH, else $MEMORY_FILE, else the one setup "
+            "noted in the clone)",
         )
         sub.add_argument("--repo", metavar="DIR", help="the clone (default $REPO_DIR, else here)")
         sub.add_argument(
