@@ -32,6 +32,7 @@ from crdt_merge_driver.core.record import Key, Record, describe
 from crdt_merge_driver.core.value import dumps
 from crdt_merge_driver.errors import GitError, InputError, RefusedError
 from crdt_merge_driver.sync.clone import say
+from crdt_merge_driver.sync.guard import is_mass_deletion
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -183,12 +184,15 @@ def _check_deletions(place: Place, synced: bytes, live: bytes) -> None:
     """
     before, after = graph_of(synced), graph_of(live)
     lost = len(before.keys() - after.keys())
-    if lost * 2 > len(before):
+    if is_mass_deletion(len(before), lost):
+        # Restore refuses a live file holding changes of its own: then it is no way back.
+        back = (f"`{PROGRAM} restore` brings them back" if after.items() <= before.items() else
+                "add them again (the file holds other changes too, which `restore` would undo)")
         raise RefusedError(
             f"{place.memory} holds {len(before) - lost} of the {len(before)} records it last "
             f"synced: a backup would delete {lost} (more than half) from everyone's memory; "
-            f"nothing backed up or changed. If it was not meant, `{PROGRAM} restore` brings "
-            f"them back; if it was, `{PROGRAM} backup --allow-mass-delete`"
+            f"nothing backed up or changed. If it was not meant, {back}; if it was, "
+            f"`{PROGRAM} backup --allow-mass-delete`"
         )
 
 

@@ -844,6 +844,36 @@ def test_a_live_file_that_lost_most_records_is_refused_and_restore_brings_them_b
     assert laptop.graph() == first_graph()
 
 
+def test_deleting_one_entity_of_a_small_memory_is_backed_up(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # Found by review (2026-12-04): 2 entities and a relation; deleting one entity takes the
+    # relation too, 2 of the 3 records, "more than half": backup refused and said restore,
+    # restore refused (a new observation) and said backup. The machine was stuck.
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    laptop.server.create_entities([new("Ada", "person"), new("Babbage", "person")])
+    laptop.server.create_relations([link("Ada", "knows", "Babbage")])
+    laptop.backup()
+    laptop.server.delete_entities(["Babbage"])
+    laptop.server.add_observations([observe("Ada", "writes code")])
+    laptop.backup()
+    assert remote_graph(remote) == ({"Ada": ("person", frozenset({"writes code"}))}, frozenset())
+
+
+def test_a_mass_deletion_beside_other_changes_names_the_way_back(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    first_memory(laptop.server)
+    laptop.backup()
+    kept = list(first_graph()[0])[:1]
+    laptop.server.delete_entities([name for name in first_graph()[0] if name not in kept])
+    laptop.server.add_observations([observe(kept[0], "a new fact")])
+    error = one_line_error(laptop.run("backup"), ExitCode.REFUSED, "more than half")
+    assert "`restore` would undo" in error and "--allow-mass-delete" in error
+    assert laptop.run("restore").returncode == ExitCode.REFUSED  # as the message says
+
+
 def test_a_meant_mass_deletion_is_backed_up_with_allow_mass_delete(
     tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
 ) -> None:

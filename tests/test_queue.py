@@ -49,8 +49,8 @@ def queue_commit(
     file: str = "memory.jsonl",
 ) -> str:  # fmt: skip
     """Commit on ``machine`` and leave it waiting in the queue, as a sync that lost a race does."""
-    commit = gitrepo.commit_file(machine, file, data or memory(*SEED, *entities),
-                                 f"memory from {name}")  # fmt: skip
+    written = memory(*SEED, *entities) if data is None else data
+    commit = gitrepo.commit_file(machine, file, written, f"memory from {name}")
     gitrepo.git(machine, "push", "--quiet", "origin", f"HEAD:{QUEUE}{name}")
     return commit
 
@@ -201,7 +201,7 @@ def test_a_waiting_mass_delete_is_not_carried_and_the_rest_are(
 ) -> None:
     # Another machine's --allow-mass-delete is not this machine's to give.
     laptop, server = pair
-    emptied = queue_commit(server, "server.1.aa", data=memory(SEED[0]))
+    emptied = queue_commit(server, "server.1.aa", data=b"")
     queue_commit(third, "server.2.bb", "grace")
     (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
     result, log, _ = run(laptop, allow_mass_delete=True)

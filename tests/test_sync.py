@@ -526,15 +526,29 @@ def test_uncommitted_changes_that_conflict_are_kept_in_the_stash(
 
 def test_a_mass_delete_is_refused_unless_allowed(pair: tuple[Path, Path], origin: Path) -> None:
     laptop, _ = pair
+    more = ("erin", "frank", "gina")
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, *more))
+    run(laptop)
     (laptop / "memory.jsonl").write_bytes(memory("alice"))
-    with pytest.raises(RefusedError, match="deletes 3 of the 4 records origin/main has") as error:
+    with pytest.raises(RefusedError, match="deletes 6 of the 7 records origin/main has") as error:
         run(laptop)
     assert "--allow-mass-delete" in str(error.value)
-    assert names_on(origin) == set(SEED)
+    assert names_on(origin) == {*SEED, *more}
     assert gitrepo.git(laptop, "log", "-1", "--format=%s").startswith("memory: sync memory.jsonl")
 
     result, _, _ = run(laptop, allow_mass_delete=True)
     assert result.commit is not None
+    assert names_on(origin) == {"alice"}
+
+
+def test_a_few_deletions_from_a_small_memory_are_not_a_mass_delete(
+    pair: tuple[Path, Path], origin: Path
+) -> None:
+    # Found by review (2026-12-04): one entity deleted with its relation, in a memory of
+    # a handful, is more than half of it: it was refused, and the machine was stuck.
+    laptop, _ = pair
+    (laptop / "memory.jsonl").write_bytes(memory("alice"))  # 3 of the 4 deleted
+    run(laptop)
     assert names_on(origin) == {"alice"}
 
 
@@ -920,7 +934,7 @@ def test_files_a_killed_run_left_in_the_git_folder_are_removed(pair: tuple[Path,
 
 def test_the_lock_is_released_after_a_failure(pair: tuple[Path, Path]) -> None:
     laptop, _ = pair
-    (laptop / "memory.jsonl").write_bytes(memory("alice"))
+    (laptop / "memory.jsonl").write_bytes(b"")  # emptied: a mass deletion
     with pytest.raises(RefusedError):
         run(laptop)
     with pytest.raises(RefusedError):
@@ -1008,7 +1022,7 @@ def test_a_shallow_single_branch_clone_syncs(
 
 def test_the_command_line_exit_codes(pair: tuple[Path, Path], origin: Path) -> None:
     laptop, _ = pair
-    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin"))
+    (laptop / "memory.jsonl").write_bytes(memory(*SEED, "erin", "frank"))
     done = cli_sync(laptop, "-m", "from the command line")
     assert done.returncode == ExitCode.OK, done.stderr
     assert "synced: origin/main is at" in done.stderr

@@ -17,6 +17,16 @@ from crdt_merge_driver.core.record import Key, describe
 from crdt_merge_driver.errors import InputError, RefusedError
 from crdt_merge_driver.sync.clone import DRIVER_NAME, Clone, merge_attributes, read_blobs
 
+# Fewer deletions than this are never a mass deletion, unless they empty the
+# file: in a small memory, deleting one entity takes its relations with it,
+# over half of the records, and that is the server's ordinary use.
+MASS_DELETION_FLOOR = 5
+
+
+def is_mass_deletion(before: int, lost: int) -> bool:
+    """Whether losing ``lost`` of ``before`` records is what a damaged or emptied file does."""
+    return lost * 2 > before and (lost == before or lost >= MASS_DELETION_FLOOR)
+
 
 def check_push(clone: Clone, remote_tip: str | None, head: str, *, allow_mass_delete: bool) -> None:
     """Refuse a push that carries a bad memory file or deletes most of one."""
@@ -46,7 +56,7 @@ def check_files(
         after = _keys(path, pushed)
         before = _remote_keys(remote)
         lost = len(before - after)
-        if lost * 2 > len(before) and not allow_mass_delete:
+        if is_mass_deletion(len(before), lost) and not allow_mass_delete:
             raise RefusedError(
                 f"refusing to push {path}: it deletes {lost} of the {len(before)} records "
                 f"{clone.where} has (more than half), which a damaged or emptied file must not "
