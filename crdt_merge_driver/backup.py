@@ -298,6 +298,8 @@ def _place(
     top = folders[0]
     live = live_path(memory, top)
     given = _which_path(memory, top)
+    if live.is_dir():
+        raise BackupError(f"memory file {live} is a folder: name the memory file in it ({given})")
     if need_live and not live.is_file():
         raise BackupError(f"memory file {live} does not exist ({given})")
     if not live.parent.is_dir():  # restore does not make folders: a typo would go unseen

@@ -519,6 +519,18 @@ def test_a_missing_live_file_is_one_line_and_exit_2(
     assert not laptop.live.exists()
 
 
+def test_a_folder_given_as_the_live_file_is_named_a_folder(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    # Found by review (2026-12-04): it said "does not exist" of a folder that does.
+    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+    folder = tmp_path / "memories"
+    folder.mkdir()
+    for command in ("backup", "restore"):
+        one_line_error(laptop.run(command, "--memory", str(folder)), ExitCode.USAGE,
+                       f"memory file {folder} is a folder")  # fmt: skip
+
+
 def test_a_repository_without_a_remote_is_one_line_and_exit_2(tmp_path: Path) -> None:
     lonely = gitrepo.init_repo(tmp_path / "lonely")
     live = tmp_path / "live" / MEMORY
