@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(error.exit_code)
     except OSError as error:  # a file or folder the command needs is missing or not usable
         where = f"{error.filename}: " if error.filename else ""
-        complain(f"{PROGRAM}: {where}{error.strerror or error}")
+        # Permission denied: say what to check, not only what the system said.
+        hint = (f" ({_user_name()} may not write there: check the owner and mode of "
+                "its folder)" if isinstance(error, PermissionError) else "")  # fmt: skip
+        complain(f"{PROGRAM}: {where}{error.strerror or error}{hint}")
         return int(ExitCode.CONFLICT if args.command == "merge" else ExitCode.USAGE)
     except KeyboardInterrupt:
         complain(f"{PROGRAM}: interrupted")
@@ -60,6 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if hasattr(args, "log") and hasattr(args.log, "close"):
             args.log.close()
+
+
+def _user_name() -> str:
+    """Who this process runs as, for a message (a name, else the numeric id)."""
+    import os  # only on an error path
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"user {os.getuid()}"
 
 
 def _print_error(line: str) -> None:

@@ -273,6 +273,22 @@ def test_giving_up_on_a_busy_remote_exits_4(clone: Path, remote: Path) -> None:
     assert gitrepo.git(remote, "log", "-1", "--format=%s", "main").strip() == "four entities"
 
 
+def test_a_clone_this_user_cannot_write_says_what_to_check(clone: Path) -> None:
+    # Found by review (2026-12-04): a bare "...lock: Permission denied". Root writes through
+    # any mode, so the folder is made immutable instead (ext4 and the like; else skipped).
+    git_dir = clone / ".git"
+    frozen = subprocess.run(["chattr", "+i", str(git_dir)], check=False, capture_output=True)
+    if frozen.returncode != 0:
+        pytest.skip("chattr +i does not work here")
+    try:
+        code, _, err = run("sync", "--repo", clone)
+    finally:
+        subprocess.run(["chattr", "-i", str(git_dir)], check=True)
+    assert code == ExitCode.USAGE
+    [line] = err.splitlines()
+    assert "check the owner and mode of its folder" in line, line
+
+
 def test_a_refused_mass_delete_exits_5_and_is_allowed_on_request(clone: Path, remote: Path) -> None:
     (clone / "memory.jsonl").write_bytes(b"")  # emptied (3 of the 4 deleted is not enough)
     code, _, err = run("sync", "--repo", clone)
