@@ -52,7 +52,7 @@ def setup(
     chosen = schedule.choose(kind) if kind != "none" else "none"
     url = _normalized(remote)
     top = _clone(url, repo or default_clone(url), branch, log)
-    _configure(top, live)
+    _configure(top, live, log)
     for line in install.install(repo=top, scope_global=False, patterns=None,
                                 name=install.DEFAULT_NAME):  # fmt: skip
         say(log, line)
@@ -131,7 +131,11 @@ def _check_branch(top: Path, branch: str | None) -> None:
                          f"not {branch}: check out {branch} there, or pass --repo")  # fmt: skip
 
 
-def _configure(top: Path, live: Path) -> None:
+def _configure(top: Path, live: Path, log: TextIO) -> None:
+    noted = git.read_config(MEMORY_KEY, cwd=top, scope="--local")
+    if noted and noted != str(live):
+        # A setup run again with another (often a relative) path: said, not silent.
+        say(log, f"the live file of {top} was {noted}; it is {live} from now on", summary=True)
     # Reflogs of backup's own refs: status reads when they last moved from them.
     for key, value in (("core.logAllRefUpdates", "always"), (MEMORY_KEY, str(live))):
         if git.read_config(key, cwd=top, scope="--local") != value:

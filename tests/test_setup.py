@@ -96,7 +96,13 @@ def test_two_machines_join_an_empty_remote_with_setup(
         again = each.ok("setup", str(remote), "--schedule", "none")
         assert "in sync already" in again, again
         assert "using the existing clone" in again
+        assert "from now on" not in again  # the same live file: nothing to say of it
     assert remote_log(remote) == commits  # setup again commits and pushes nothing
+
+    # Run again with another live file (a relative path from another folder, say): said.
+    moved = server.live.with_name("other.jsonl")
+    again = server.ok("setup", str(remote), "--schedule", "none", "--memory", str(moved))
+    assert f"was {server.live}; it is {moved} from now on" in again, again
 
 
 def test_an_empty_remote_and_no_live_file_is_nothing_to_do_yet(
