@@ -69,8 +69,9 @@ def setup(
     else:
         for line in schedule.install(chosen, entry):
             say(log, line, summary=True)
+    check = shlex.join([PROGRAM, "status", "--repo", str(top), "--memory", str(live)])
     say(log, f"set up: clone {top}, live file {live}, log {entry.log}; check it with "
-             f"`{PROGRAM} status --repo {top} --memory {live}`", summary=True)  # fmt: skip
+             f"`{check}`", summary=True)  # fmt: skip
 
 
 def remove(*, remote: str | None, repo: Path | None, log: TextIO = sys.stderr) -> None:
@@ -167,13 +168,17 @@ def _backup_argv(top: Path, live: Path, *, command: str = "backup") -> list[str]
 
 
 def _user_base() -> list[str]:
-    """``env PYTHONUSERBASE=...`` where this package was found through that variable.
+    """``env PYTHONUSERBASE=...`` where this interpreter's user site comes from that variable.
 
     A `pip install --user` into a user base the variable moved is found by
     Python's site (even under -E) only where the variable is set, and cron and
     systemd start with an environment of their own: the scheduled line sets it.
     """
+    import site  # noqa: PLC0415  # only here
+
     moved = os.environ.get("PYTHONUSERBASE")
-    if not moved or not Path(__file__).resolve().is_relative_to(Path(moved).resolve()):
+    # Whenever this interpreter reads a user site (not in a virtualenv): the
+    # package may be there, or be an editable install a .pth file there names.
+    if not moved or not site.ENABLE_USER_SITE:
         return []
     return [shutil.which("env") or "/usr/bin/env", f"PYTHONUSERBASE={moved}"]

@@ -185,14 +185,19 @@ def _check_deletions(place: Place, synced: bytes, live: bytes) -> None:
     before, after = graph_of(synced), graph_of(live)
     lost = len(before.keys() - after.keys())
     if is_mass_deletion(len(before), lost):
-        # Restore refuses a live file holding changes of its own: then it is no way back.
-        back = (f"`{PROGRAM} restore` brings them back" if after.items() <= before.items() else
-                "add them again (the file holds other changes too, which `restore` would undo)")
+        # Named only where restore would take the file: it refuses one holding
+        # changes of its own (by its own test, against the last sync and HEAD).
+        head = place.rev("HEAD")
+        if head is not None and place.blob(head) is not None and restorable(place, live, head):
+            back = f"`{PROGRAM} restore` brings them back"
+        else:
+            back = (f"add them again (`git -C {place.top} show HEAD:{place.as_path}` has them; "
+                    "the file holds other changes too, which `restore` would undo)")  # fmt: skip
         raise RefusedError(
-            f"{place.memory} holds {len(before) - lost} of the {len(before)} records it last "
-            f"synced: a backup would delete {lost} (more than half) from everyone's memory; "
-            f"nothing backed up or changed. If it was not meant, {back}; if it was, "
-            f"`{PROGRAM} backup --allow-mass-delete`"
+            f"{place.memory} holds {len(before) - lost} of the {len(before)} records this "
+            f"machine last backed up or restored: a backup would delete {lost} (more than "
+            f"half) from everyone's memory; nothing backed up or changed. If it was not "
+            f"meant, {back}; if it was, `{PROGRAM} backup --allow-mass-delete`"
         )
 
 
