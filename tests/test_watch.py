@@ -407,6 +407,7 @@ def test_bad_arguments_are_one_line_and_a_branch_without_memory_waits_for_the_fi
     for args, words in (
         (("--interval", "0"), b"--interval must be above 0"),
         (("--memory", str(tmp_path / "nowhere" / "memory.jsonl")), b"folder of the memory file"),
+        (("--memory", str(tmp_path)), b"is a folder"),  # it retried forever (review, 2026-12-04)
     ):
         refused = lone.run("watch", *args)
         assert refused.returncode == ExitCode.USAGE, refused.stderr
