@@ -224,7 +224,8 @@ def push_until_landed(
         raise GaveUpError(
             f"gave up on {clone.remote} ({clone.url}) after {number} attempts in "
             f"{clock() - started:.0f}s: {last.reason}. Nothing is lost: your local commits "
-            f"are kept; run `{PROGRAM} sync` again once {clone.remote} takes pushes"
+            f"are kept; run `{PROGRAM} sync` (or a backup, which pushes them too) again once "
+            f"{clone.remote} takes pushes"
             + ("" if became is _Withdrawn.OUT else f" (they waited in {ref}, {became.value}; "
                "that sync finds them there)")
         ) from None
