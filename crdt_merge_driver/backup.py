@@ -298,8 +298,6 @@ def _place(
     top = folders[0]
     live = live_path(memory, top)
     given = _which_path(memory, top)
-    if live.is_dir():
-        raise BackupError(f"memory file {live} is a folder: name the memory file in it ({given})")
     if need_live and not live.is_file():
         raise BackupError(f"memory file {live} does not exist ({given})")
     if not live.parent.is_dir():  # restore does not make folders: a typo would go unseen
@@ -356,6 +354,8 @@ def live_path(memory: Path | None, top: Path | None = None) -> Path:
         found = Path(noted) if noted else None
     if found is None:
         raise BackupError("which memory file? pass --memory FILE or set MEMORY_FILE_PATH")
+    if found.is_dir():  # else "does not exist", or a watch retrying it forever
+        raise BackupError(f"memory file {found.absolute()} is a folder: name the memory file in it")
     return found.absolute()
 
 

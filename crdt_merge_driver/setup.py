@@ -42,8 +42,6 @@ def setup(
     """
     live = live_path(memory)
     # Before anything is cloned: a typo must not leave a clone behind.
-    if live.is_dir():
-        raise SetupError(f"--memory {live} is a folder: name the memory file in it")
     if not live.parent.is_dir():
         raise SetupError(f"the folder of the memory file does not exist: {live.parent} "
                          "(create it first, or check --memory)")  # fmt: skip

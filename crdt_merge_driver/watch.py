@@ -104,8 +104,6 @@ def watch(
         raise WatchError("--interval must be above 0 seconds and --debounce at least 0")
     top, git_dir, common = install.find_folders(repo or _env_path("REPO_DIR") or Path.cwd())
     live = live_path(memory, top)
-    if live.is_dir():  # else every step would retry it, for as long as the watch runs
-        raise WatchError(f"memory file {live} is a folder: name the memory file in it")
     if not live.parent.is_dir():
         raise WatchError(f"the folder of the memory file does not exist: {live.parent}")
     # For the whole process: a second watcher on this clone would only race the first.
