@@ -207,9 +207,10 @@ def backup(
             # earlier run left unpushed, or what the remote has that HEAD lacks.
             # Unpushed commits are tried even when the fetch failed: a backup
             # that cannot land what it holds fails, whichever run committed it.
+            waiting = 0 if fresh or head == tracking else unpushed(place, head, tracking)
             landed = ""
-            if fresh or (head != tracking and (reached or _unpushed(place, head, tracking))):
-                landed = "" if fresh else _left_unpushed(place, head, tracking)
+            if fresh or (head != tracking and (reached or waiting)):
+                landed = _left_unpushed(waiting)
                 place.sync(attempts=attempts, deadline=deadline, sleep=sleep, log=log,
                            allow_mass_delete=allow_mass_delete,
                            fetched=fetched is _Fetched.BRANCH)  # fmt: skip
@@ -416,19 +417,13 @@ class _Fetched(enum.Enum):
     BRANCH = "the branch is fetched"
 
 
-def _left_unpushed(place: Place, head: str | None, tracking: str | None) -> str:
+def _left_unpushed(count: int) -> str:
     """What to add to the summary line when this round pushes what an earlier run left."""
-    count = _unpushed(place, head, tracking)
     return f"; pushed {count} commit{'s' * (count != 1)} an earlier run left" if count else ""
 
 
-def unpushed(place: Place) -> int:
-    """How many commits HEAD holds that the remote's branch, as last fetched, lacks."""
-    head, tracking = place.revs("HEAD", place.tracking)
-    return _unpushed(place, head, tracking)
-
-
-def _unpushed(place: Place, head: str | None, tracking: str | None) -> int:
+def unpushed(place: Place, head: str | None, tracking: str | None) -> int:
+    """How many commits ``head`` holds that ``tracking`` (the remote's branch, as fetched) lacks."""
     if head is None:
         return 0
     since = f"{tracking}..{head}" if tracking else head

@@ -120,7 +120,7 @@ def status(
         driver_problems=[line for line in diagnosis.lines if line.startswith("problem:")],
         memory=place.memory, live_exists=live is not None,
         local_changes=live is not None and not same_graph(live, at_sync),
-        unpushed=unpushed(place),
+        unpushed=unpushed(place, place.rev("HEAD"), tip),
         remote_ahead=remote_ahead, remote_error=remote_error, fetched=not offline,
         last_backup=backed, last_backup_commit=own,
         last_restore=_last_move(place, place.ref()), last_restore_commit=synced,
