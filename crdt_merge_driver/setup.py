@@ -132,13 +132,13 @@ def _check_branch(top: Path, branch: str | None) -> None:
 
 def _configure(top: Path, live: Path, log: TextIO) -> None:
     noted = git.read_config(MEMORY_KEY, cwd=top, scope="--local")
-    if noted and noted != str(live):
-        # A setup run again with another (often a relative) path: said, not silent.
-        say(log, f"the live file of {top} was {noted}; it is {live} from now on", summary=True)
+    if noted != str(live):
+        if noted:  # a setup run again with another (often a relative) path: said, not silent
+            say(log, f"the live file of {top} was {noted}; it is {live} from now on", summary=True)
+        git.write_config(MEMORY_KEY, str(live), cwd=top, scope="--local")
     # Reflogs of backup's own refs: status reads when they last moved from them.
-    for key, value in (("core.logAllRefUpdates", "always"), (MEMORY_KEY, str(live))):
-        if git.read_config(key, cwd=top, scope="--local") != value:
-            git.write_config(key, value, cwd=top, scope="--local")
+    if git.read_config("core.logAllRefUpdates", cwd=top, scope="--local") != "always":
+        git.write_config("core.logAllRefUpdates", "always", cwd=top, scope="--local")
 
 
 def _bring_together(top: Path, live: Path, log: TextIO) -> None:
