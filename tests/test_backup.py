@@ -898,16 +898,22 @@ def test_a_meant_mass_deletion_is_backed_up_with_allow_mass_delete(
     assert laptop.live.read_bytes() == b""
 
 
-def test_a_backup_that_pushes_what_an_earlier_run_left_says_so(
-    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
-) -> None:
-    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
+def failed_push(tmp_path: Path, remote: Path, start: ServerFactory) -> tuple[Machine, Path]:
+    """A machine whose backup of a change could not push: the remote is away, moved here."""
+    laptop = machine(tmp_path, remote, start, "laptop")
     first_memory(laptop.server)
     laptop.backup()
     laptop.server.add_observations([observe("Ada", "found a bug")])
     away = tmp_path / "away.git"
     remote.rename(away)  # the remote gone while the change is backed up
     assert laptop.run("backup").returncode == ExitCode.GIT
+    return laptop, away
+
+
+def test_a_backup_that_pushes_what_an_earlier_run_left_says_so(
+    tmp_path: Path, remote: Path, memory_server_factory: ServerFactory
+) -> None:
+    laptop, away = failed_push(tmp_path, remote, memory_server_factory)
     away.rename(remote)
 
     result = laptop.run("backup")  # nothing new in the live file since; the commit waits
@@ -923,13 +929,7 @@ def test_a_backup_that_cannot_push_what_an_earlier_run_left_fails(
 ) -> None:
     # Found by review (2026-12-04): the second run saw nothing new in the live file and
     # exited 0, "nothing new", though the first run's commit had never left the machine.
-    laptop = machine(tmp_path, remote, memory_server_factory, "laptop")
-    first_memory(laptop.server)
-    laptop.backup()
-    laptop.server.add_observations([observe("Ada", "found a bug")])
-    away = tmp_path / "away.git"
-    remote.rename(away)
-    assert laptop.run("backup").returncode == ExitCode.GIT
+    laptop, away = failed_push(tmp_path, remote, memory_server_factory)
     before = laptop.live.stat()
     again = laptop.run("backup")
     assert again.returncode == ExitCode.GIT, again.stderr
